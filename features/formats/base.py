@@ -1,0 +1,125 @@
+"""What every format adapter provides, and the checks they all share."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from features.records import REQUIRED_FIELDS, FlowBatch, Reject
+
+#: A timestamp further than this ahead of the wall clock is refused.
+MAX_CLOCK_SKEW_S = 86_400.0
+
+
+@dataclass
+class Decoded:
+    """The outcome of decoding one micro-batch.
+
+    Attributes:
+        batch: The rows that decoded and validated.
+        rejects: Rows that did not, each with its reason (dead letters).
+        skipped: Input positions that are valid but are not flows (for
+            example Suricata ``alert`` events): neither scored nor
+            dead-lettered.
+    """
+
+    batch: FlowBatch
+    rejects: list[Reject] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+
+
+class FormatAdapter(Protocol):
+    """Turns one tool's records into canonical flows.
+
+    Adapters are the only code that knows a tool's field names.
+    """
+
+    #: The name used in settings and by ``--format``.
+    name: str
+
+    def decode(self, values: Sequence[bytes]) -> Decoded:
+        """Decode a micro-batch of raw message values."""
+        ...
+
+    def matches(self, sample: bytes) -> bool:
+        """Tell whether one raw record looks like this format."""
+        ...
+
+    def read_file(self, path: Path) -> FlowBatch:
+        """Read a whole file of this format (labels go to ``extras``)."""
+        ...
+
+
+def validate(batch: FlowBatch, now: float | None = None) -> Decoded:
+    """Apply the checks every format shares, column-wise.
+
+    Args:
+        batch: Freshly decoded rows.
+        now: Wall-clock time in epoch seconds (defaults to ``time.time()``).
+
+    Returns:
+        The rows that pass, and a reject naming the first problem of each
+        row that does not.
+    """
+    n = len(batch)
+    reason: npt.NDArray[np.object_] = np.full(n, None, dtype=object)
+
+    def flag(mask: npt.NDArray[np.bool_], why: str) -> None:
+        reason[mask & (reason == None)] = why  # noqa: E711 - element-wise
+
+    for name in REQUIRED_FIELDS:
+        col = batch.columns[name]
+        missing = np.isnan(col) if col.dtype.kind == "f" else (col == None)  # noqa: E711
+        flag(missing, f"missing required field '{name}'")
+    for name, col in batch.columns.items():
+        if col.dtype.kind == "f":
+            flag(np.isinf(col), f"field '{name}' is infinite")
+    for name in ("src_port", "dst_port"):
+        col = batch.columns[name]
+        with np.errstate(invalid="ignore"):
+            bad = (col < 0) | (col > 65535) | (np.floor(col) != col)
+        flag(bad & ~np.isnan(col), f"field '{name}' is not a port number (0-65535)")
+    for name in ("duration", "src_bytes", "dst_bytes", "src_pkts", "dst_pkts"):
+        with np.errstate(invalid="ignore"):
+            flag(batch.columns[name] < 0, f"field '{name}' is negative")
+    limit = (time.time() if now is None else now) + MAX_CLOCK_SKEW_S
+    with np.errstate(invalid="ignore"):
+        flag(batch.columns["ts"] > limit, "field 'ts' is more than a day in the future")
+    for name in ("src_ip", "dst_ip"):
+        flag(~_valid_addresses(batch.columns[name]), f"field '{name}' is not an IP address")
+
+    bad_rows = np.flatnonzero(reason != None)  # noqa: E711
+    rejects = [Reject(int(batch.position[i]), str(reason[i])) for i in bad_rows]
+    return Decoded(batch=batch.take(reason == None), rejects=rejects)  # noqa: E711
+
+
+_ADDRESS_CACHE: dict[object, bool] = {}
+_ADDRESS_CACHE_LIMIT = 1 << 16
+
+
+def _valid_addresses(column: npt.NDArray[np.generic]) -> npt.NDArray[np.bool_]:
+    """Check IPv4/IPv6 addresses, parsing each distinct value once."""
+    import ipaddress
+
+    out = np.ones(column.shape[0], dtype=bool)
+    for i, value in enumerate(column):
+        if value is None:
+            continue  # absence is the required-field check's business
+        ok = _ADDRESS_CACHE.get(value)
+        if ok is None:
+            try:
+                ipaddress.ip_address(value)  # type: ignore[arg-type]
+                ok = True
+            except (ValueError, TypeError):
+                ok = False
+            if len(_ADDRESS_CACHE) >= _ADDRESS_CACHE_LIMIT:
+                _ADDRESS_CACHE.clear()
+            _ADDRESS_CACHE[value] = ok
+        out[i] = ok
+    return out

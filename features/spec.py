@@ -1,0 +1,322 @@
+"""The declarative feature spec: which fields, which transforms, what order.
+
+A :class:`FeatureSpec` names fields and transforms. Fitting it on training
+rows gives a :class:`FittedSpec`, which turns raw columns into a float32
+matrix of a fixed width and order, explains a column in the input's own
+units, carries a schema hash, and is stored inside the model bundle.
+
+:class:`FlowVectorizer` is the whole path from a :class:`FlowBatch` to a
+matrix: derived columns, per-host context, then the fitted spec.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from features import context as ctx
+from features.records import FLOW_FIELDS, FlowBatch
+from features.transforms import Transform, make
+
+F32 = npt.NDArray[np.float32]
+RawColumns = dict[str, npt.NDArray[Any]]
+TCP_FLAG_NAMES = ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"]
+
+
+@dataclass(frozen=True)
+class Field:
+    """One input field and how it becomes columns.
+
+    Attributes:
+        name: Raw column name (canonical, derived or context).
+        kind: Transform kind (``numeric``, ``onehot``, ``bits``, ``time_of_day``).
+        params: Transform parameters before fitting.
+        label: How an analyst reads the field in an explanation.
+    """
+
+    name: str
+    kind: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+
+class SchemaMismatchError(ValueError):
+    """A bundle's feature schema does not match the input it is given."""
+
+
+def default_flow_spec(windows: tuple[float, ...] = ctx.DEFAULT_WINDOWS) -> list[Field]:
+    """The flow feature spec used unless a model is trained with another."""
+    numeric = {"log": True, "clip": 8.0}
+    fields = [
+        Field("duration", "numeric", numeric, "duration (s)"),
+        Field("src_bytes", "numeric", numeric, "bytes sent"),
+        Field("dst_bytes", "numeric", numeric, "bytes received"),
+        Field("src_pkts", "numeric", numeric, "packets sent"),
+        Field("dst_pkts", "numeric", numeric, "packets received"),
+        Field("src_bytes_per_pkt", "numeric", numeric, "bytes per packet sent"),
+        Field("dst_bytes_per_pkt", "numeric", numeric, "bytes per packet received"),
+        Field("proto", "onehot", {"max_values": 8}, "protocol"),
+        Field("dst_port", "onehot", {"max_values": 24, "buckets": 8}, "destination port"),
+        Field("src_port_range", "onehot", {"max_values": 4}, "source port range"),
+        Field("service", "onehot", {"max_values": 16}, "service"),
+        Field("conn_state", "onehot", {"max_values": 16}, "connection state"),
+        Field("tcp_flags", "bits", {"names": TCP_FLAG_NAMES}, "TCP flags"),
+        Field("ts", "time_of_day", {}, "hour of day (UTC)"),
+    ]
+    for name in ctx.feature_names(windows):
+        fields.append(Field(name, "numeric", numeric, _context_label(name)))
+    return fields
+
+
+def _context_label(name: str) -> str:
+    words = {
+        "conn_rate": "connections/s from this host",
+        "dst_hosts": "new destination hosts",
+        "dst_ports": "new destination ports",
+        "failed_share": "share of failed connections",
+        "bytes_rate": "bytes/s from this host",
+        "pair_conns": "connections to this destination",
+        "pair_regularity": "regularity of contacts to this destination",
+    }
+    for prefix, text in words.items():
+        if name.startswith(prefix):
+            suffix = name[len(prefix) + 1 :]
+            return f"{text} in {suffix}" if suffix else text
+    return name
+
+
+@dataclass
+class FittedSpec:
+    """A fitted feature spec: raw columns in, fixed-order float32 matrix out."""
+
+    fields: list[Field]
+    transforms: list[Transform]
+    windows: tuple[float, ...] = ctx.DEFAULT_WINDOWS
+
+    @classmethod
+    def fit(
+        cls,
+        fields: Sequence[Field],
+        raw: Mapping[str, npt.NDArray[Any]],
+        windows: tuple[float, ...] = ctx.DEFAULT_WINDOWS,
+    ) -> FittedSpec:
+        """Fit every field's transform on training columns."""
+        transforms = [make(f.kind, dict(f.params)).fit(raw[f.name]) for f in fields]
+        return cls(list(fields), transforms, windows)
+
+    @property
+    def width(self) -> int:
+        """Number of output columns."""
+        return sum(t.width() for t in self.transforms)
+
+    @property
+    def field_of_column(self) -> npt.NDArray[np.int64]:
+        """For each output column, the index of the field it came from."""
+        return np.repeat(np.arange(len(self.fields)), [t.width() for t in self.transforms])
+
+    def transform(self, raw: Mapping[str, npt.NDArray[Any]]) -> F32:
+        """Turn raw columns into the model's input matrix (rows x width)."""
+        missing = [f.name for f in self.fields if f.name not in raw]
+        if missing:
+            raise SchemaMismatchError(f"input lacks fields the model needs: {', '.join(missing)}")
+        parts = [
+            t.transform(raw[f.name]) for f, t in zip(self.fields, self.transforms, strict=True)
+        ]
+        return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
+
+    def schema(self) -> dict[str, Any]:
+        """What fixes the vector's length and order (hashed into the bundle)."""
+        return {
+            "fields": [
+                {"name": f.name, "kind": f.kind, "width": t.width()}
+                for f, t in zip(self.fields, self.transforms, strict=True)
+            ],
+            "windows": list(self.windows),
+        }
+
+    @property
+    def schema_hash(self) -> str:
+        """SHA-256 of :meth:`schema`, canonical JSON."""
+        text = json.dumps(self.schema(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def check_schema(self, expected: Mapping[str, Any]) -> None:
+        """Refuse a schema that differs from ``expected``, naming the fields.
+
+        Raises:
+            SchemaMismatchError: Listing every field added, removed or changed.
+        """
+        mine = {f["name"]: f for f in self.schema()["fields"]}
+        theirs = {f["name"]: f for f in expected.get("fields", [])}
+        problems = [f"missing field {n!r}" for n in theirs if n not in mine]
+        problems += [f"unexpected field {n!r}" for n in mine if n not in theirs]
+        problems += [
+            f"field {n!r} is {mine[n]['kind']}x{mine[n]['width']}, "
+            f"expected {theirs[n]['kind']}x{theirs[n]['width']}"
+            for n in mine
+            if n in theirs and mine[n] != theirs[n]
+        ]
+        if list(mine) != list(theirs) and not problems:
+            problems.append("fields are in a different order")
+        if list(self.windows) != list(expected.get("windows", self.windows)):
+            problems.append(f"context windows {list(self.windows)} != {expected['windows']}")
+        if problems:
+            raise SchemaMismatchError("feature schema mismatch: " + "; ".join(problems))
+
+    def explain(
+        self,
+        raw_row: Mapping[str, Any],
+        reconstructed: F32,
+        errors: F32,
+        top: int = 3,
+    ) -> list[dict[str, Any]]:
+        """The fields reconstructed worst for one row, in original units.
+
+        Args:
+            raw_row: Raw value of each field for this row.
+            reconstructed: The model's output row (width,).
+            errors: Per-column error contributions for this row (width,).
+            top: How many fields to return.
+
+        Returns:
+            Dicts with ``name``, ``label``, ``observed``, ``expected`` and
+            ``share`` (this field's part of the row's total error, 0-1).
+        """
+        per_field = np.bincount(self.field_of_column, weights=errors, minlength=len(self.fields))
+        total = float(per_field.sum()) or 1.0
+        starts = np.concatenate([[0], np.cumsum([t.width() for t in self.transforms])])
+        out = []
+        for k in np.argsort(-per_field)[:top]:
+            f, t = self.fields[k], self.transforms[k]
+            block = reconstructed[starts[k] : starts[k + 1]]
+            out.append(
+                {
+                    "name": f.name,
+                    "label": f.label or f.name,
+                    "observed": _plain(raw_row.get(f.name)),
+                    "expected": _plain(t.expected(block)),
+                    "share": round(float(per_field[k]) / total, 4),
+                }
+            )
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for the bundle."""
+        return {
+            "windows": list(self.windows),
+            "fields": [
+                {"name": f.name, "kind": f.kind, "label": f.label, "params": t.to_dict()}
+                for f, t in zip(self.fields, self.transforms, strict=True)
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FittedSpec:
+        """Rebuild a fitted spec stored by :meth:`to_dict`."""
+        fields = [Field(d["name"], d["kind"], {}, d.get("label", "")) for d in data["fields"]]
+        transforms = [make(d["kind"], dict(d["params"])) for d in data["fields"]]
+        return cls(fields, transforms, tuple(data.get("windows", ctx.DEFAULT_WINDOWS)))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        return None if np.isnan(v) else round(v, 4)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+DERIVED_FIELDS = ("src_bytes_per_pkt", "dst_bytes_per_pkt", "src_port_range")
+
+
+def check_inputs(spec: FittedSpec) -> None:
+    """Refuse a spec that needs fields the flow path does not produce.
+
+    Raises:
+        SchemaMismatchError: Naming each field the spec needs and the input lacks.
+    """
+    available = set(FLOW_FIELDS) | set(DERIVED_FIELDS) | set(ctx.feature_names(spec.windows))
+    missing = [f.name for f in spec.fields if f.name not in available]
+    if missing:
+        raise SchemaMismatchError(
+            "the model needs fields this input does not provide: "
+            + ", ".join(missing)
+            + "; train the model on records of this format"
+        )
+
+
+def derived_columns(batch: FlowBatch) -> RawColumns:
+    """Canonical columns plus the few derived ones the default spec uses."""
+    raw: RawColumns = dict(batch.columns)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for side in ("src", "dst"):
+            pkts = batch.num(f"{side}_pkts")
+            per = batch.num(f"{side}_bytes") / pkts
+            raw[f"{side}_bytes_per_pkt"] = np.where(pkts > 0, per, np.nan)
+    sport = batch.num("src_port")
+    raw["src_port_range"] = np.select(
+        [np.isnan(sport), sport < 1024, sport < 49152],
+        ["none", "well-known", "registered"],
+        "dynamic",
+    ).astype(object)
+    return raw
+
+
+@dataclass
+class Vectors:
+    """Model input for one batch, and what is needed to explain it."""
+
+    matrix: F32
+    raw: RawColumns
+    warming: npt.NDArray[np.bool_]
+
+
+class FlowVectorizer:
+    """FlowBatch to model matrix: derived columns, context, fitted spec.
+
+    The context state is the only mutable part; keep one vectorizer per
+    consumer so that state follows partition ownership.
+    """
+
+    def __init__(self, spec: FittedSpec, context: ctx.FlowContext | None = None) -> None:
+        self.spec = spec
+        self.context = context or ctx.FlowContext(windows=spec.windows)
+
+    def __call__(self, batch: FlowBatch) -> Vectors:
+        raw = derived_columns(batch)
+        context_columns, warming = self.context.update(batch)
+        raw.update(context_columns)
+        return Vectors(self.spec.transform(raw), raw, warming)
+
+
+def fit_vectorizer(
+    batch: FlowBatch,
+    fields: Sequence[Field] | None = None,
+    windows: tuple[float, ...] = ctx.DEFAULT_WINDOWS,
+    fit_rows: npt.NDArray[np.bool_] | None = None,
+) -> tuple[FlowVectorizer, Vectors]:
+    """Fit a vectorizer on training flows given in time order.
+
+    Context is computed over every row (so that benign rows see the traffic
+    around them), but transforms are fitted on ``fit_rows`` only.
+
+    Returns:
+        The vectorizer (with its context state reset) and the training vectors.
+    """
+    context = ctx.FlowContext(windows=windows)
+    raw = derived_columns(batch)
+    columns, warming = context.update(batch)
+    raw.update(columns)
+    rows = np.ones(len(batch), bool) if fit_rows is None else fit_rows
+    spec = FittedSpec.fit(
+        fields or default_flow_spec(windows), {k: v[rows] for k, v in raw.items()}, windows
+    )
+    vectorizer = FlowVectorizer(spec)
+    return vectorizer, Vectors(spec.transform(raw), raw, warming)
