@@ -1,0 +1,82 @@
+"""The one small interface between the loop and a Kafka client.
+
+The loop never imports a Kafka client; it talks to a :class:`Transport`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+Headers = list[tuple[str, bytes]]
+TopicPartition = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One consumed record and where it came from."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+    headers: Headers = field(default_factory=list)
+
+
+class Transport(Protocol):
+    """Poll a batch, produce, flush, commit, pause, resume, close."""
+
+    def poll(self, max_records: int, max_wait_ms: int) -> list[Message]:
+        """Return up to ``max_records`` messages, waiting ``max_wait_ms`` at most
+        for the batch to fill once the first message has arrived."""
+        ...
+
+    def produce(
+        self, topic: str, value: bytes, key: bytes | None = None, headers: Headers | None = None
+    ) -> None:
+        """Queue a message; failures surface at the next :meth:`flush`."""
+        ...
+
+    def flush(self, timeout_s: float) -> None:
+        """Wait until every queued message is acknowledged.
+
+        Raises:
+            DeliveryError: A message was not acknowledged in time.
+        """
+        ...
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit the next offset to read for each partition."""
+        ...
+
+    def rewind(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Seek partitions back, so that a batch that failed is read again."""
+        ...
+
+    def assignment(self) -> Sequence[TopicPartition]:
+        """Partitions this consumer owns now."""
+        ...
+
+    def warm_until(self) -> dict[TopicPartition, int]:
+        """Per partition, the committed offset below which records are being
+        re-read only to rebuild context state (after an assignment)."""
+        ...
+
+    def lag(self) -> dict[TopicPartition, int]:
+        """Records behind the end of each owned partition, where known."""
+        ...
+
+    def pause(self) -> None:
+        """Stop fetching from every owned partition."""
+        ...
+
+    def resume(self) -> None:
+        """Fetch again after :meth:`pause`."""
+        ...
+
+    def close(self) -> None:
+        """Leave the group and release connections."""
+        ...
