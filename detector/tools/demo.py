@@ -28,6 +28,7 @@ from detector.tools.generate import DEFAULT_START, generate
 from detector.tools.replay import ensure_topic, json_lines, publish
 
 console = Console(stderr=False)
+TRAIN_RECORDS = 60_000
 
 
 def run_demo(settings: Settings, workdir: Path, records: int) -> int:
@@ -40,8 +41,11 @@ def run_demo(settings: Settings, workdir: Path, records: int) -> int:
 
     console.rule("netfraud demo")
     train_file, stream_file = workdir / "train.jsonl", workdir / "stream.jsonl"
-    _write(train_file, generate(60_000, seed=1, attacks=False, hours=24))
-    stream = generate(records, seed=2, attacks=True, start=DEFAULT_START + 86_400, hours=6)
+    _write(train_file, generate(TRAIN_RECORDS, seed=1, attacks=False, hours=24))
+    # The stream keeps the training day's traffic rate, so that normal hosts
+    # look as busy as they did in training.
+    hours = 24 * records / TRAIN_RECORDS
+    stream = generate(records, seed=2, attacks=True, start=DEFAULT_START + 86_400, hours=hours)
     _write(stream_file, stream)
     console.print(
         f"generated {train_file} (60,000 normal flows) and {stream_file} "

@@ -50,11 +50,13 @@ PROFILES = (
 
 
 class Generator:
-    """Seeded generator; the same seed gives the same records."""
+    """Seeded generator; the same seeds give the same records."""
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, network_seed: int = 0) -> None:
         self.rng = np.random.default_rng(seed)
-        rng = self.rng
+        # The network (hosts, servers, popularity) is fixed by its own seed, so
+        # that streams of different seeds come from the same office.
+        rng = np.random.default_rng(network_seed)
         self.clients = [f"10.0.{i // 200}.{10 + i % 200}" for i in range(120)]
         self.client_weight = _zipf(len(self.clients), 0.8, rng)
         self.web = [f"{a}.{b}.{c}.{d}" for a, b, c, d in rng.integers(1, 223, (400, 4))]

@@ -109,9 +109,10 @@ def frame_to_batch(frame: pd.DataFrame) -> FlowBatch:
     for name in NUMERIC_FIELDS:
         if name in frame:
             column = frame[name]
-            if name == "proto" and column.dtype == object:
+            textual = not pd.api.types.is_numeric_dtype(column)
+            if name == "proto" and textual:
                 column = column.map(protocol_number)
-            if name == "ts" and column.dtype == object:
+            if name == "ts" and textual:
                 column = pd.to_datetime(column, utc=True).astype("int64") / 1e9
             values[name] = pd.to_numeric(column).to_numpy(np.float64)
     for name in STRING_FIELDS:
