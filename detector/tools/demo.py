@@ -178,17 +178,28 @@ def _report(summary: dict[str, Any], alerts: list[dict[str, Any]]) -> None:
         table.add_row(f"  detected: {kind}", f"{rate:.1%}")
     console.print(table)
 
-    top = sorted(alerts, key=lambda a: -a["event"]["risk_score"])[:10]
-    view = Table(title="top alerts")
-    for column in ("time", "severity", "source → destination", "risk", "why"):
+    # One row per (source, destination) pair, so a flood does not fill the table.
+    pairs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for a in alerts:
+        pairs.setdefault((a["source"]["ip"], a["destination"]["ip"]), []).append(a)
+    ranked = sorted(pairs.values(), key=lambda g: (-max(a["event"]["risk_score"] for a in g), -len(g)))
+    view = Table(title="top alerts, one row per source → destination")
+    for column in ("first seen", "severity", "source → destination", "alerts", "risk", "why"):
         view.add_column(column)
-    for a in top:
+    for group in ranked[:10]:
+        a = max(group, key=lambda x: x["event"]["risk_score"])
         n = a["netfraud"]
+        why = "; ".join(f"{r['label']}: {_short(r['observed'])} (expected {_short(r['expected'])})"
+                        for r in n["reasons"][:2])
         view.add_row(
-            a["@timestamp"][11:19],
-            n["severity"],
+            min(x["@timestamp"] for x in group)[11:19], n["severity"],
             f"{a['source']['ip']} → {a['destination']['ip']}:{a['destination'].get('port', '')}",
-            f"{a['event']['risk_score']:.0f}",
-            n["summary"][:90],
+            str(len(group)), f"{a['event']['risk_score']:.0f}", why,
         )
     console.print(view)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
