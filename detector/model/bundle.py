@@ -127,9 +127,10 @@ def verify_checksums(directory: Path) -> None:
     sums_file = directory / "SHA256SUMS"
     if not sums_file.is_file():
         raise BundleError(f"{directory}: no SHA256SUMS; not a model bundle")
-    expected = dict(
-        reversed(line.split("  ", 1)) for line in sums_file.read_text().splitlines() if line
-    )
+    expected: dict[str, str] = {}
+    for line in sums_file.read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        expected[name] = digest
     for name in _FILES:
         path = directory / name
         if name not in expected or not path.is_file():

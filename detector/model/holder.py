@@ -57,9 +57,9 @@ class ModelHolder:
         if now - self._checked >= self.interval_s:
             self._checked = now
             pointer = self.registry.pointer()
-            moved = pointer.version and pointer.version != self.active.bundle.version
-            if moved and pointer.version not in self.refused:
-                self._loading = (pointer, self._pool.submit(self._load, pointer.version))
+            version = pointer.version
+            if version and version != self.active.bundle.version and version not in self.refused:
+                self._loading = (pointer, self._pool.submit(self._load, version))
         return None
 
     def _load(self, version: str) -> Active:

@@ -75,4 +75,4 @@ class Scorer:
 def error_scale_from(model: Autoencoder, rows: F32) -> F32:
     """Mean squared reconstruction error per feature on normal rows."""
     raw = Scorer(model, None, "cpu").score(rows).errors
-    return raw.mean(axis=0).astype(np.float32) + np.float32(1e-4)
+    return np.asarray(raw.mean(axis=0) + 1e-4, dtype=np.float32)

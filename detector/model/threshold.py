@@ -48,7 +48,10 @@ class Calibration:
         s = np.sort(np.asarray(benign_scores, dtype=np.float64))
         if s.size < 10:
             raise ValueError(f"need at least 10 normal rows to calibrate, got {s.size}")
-        quantile = lambda q: float(np.quantile(s, min(q, 1.0)))
+
+        def quantile(q: float) -> float:
+            return float(np.quantile(s, min(q, 1.0)))
+
         threshold = quantile(1 - target_fpr)
         top = float(s[-1])
         bands = {
@@ -79,7 +82,7 @@ class Calibration:
         tail = np.maximum(1.0 - cdf, floor)
         beyond = scores > values[-1]
         tail[beyond] = floor * values[-1] / np.maximum(scores[beyond], 1e-12)
-        return np.clip(-25.0 * np.log10(tail), 0.0, 100.0)
+        return np.asarray(np.clip(-25.0 * np.log10(tail), 0.0, 100.0), dtype=np.float64)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

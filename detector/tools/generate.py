@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 DEFAULT_START = datetime(2026, 1, 5, tzinfo=UTC).timestamp()
 ATTACK_TYPES = ("port_scan", "syn_flood", "brute_force", "exfiltration", "c2_beacon")
@@ -216,8 +217,8 @@ class Generator:
                 "tcp",
                 "ssh",
                 self.rng.uniform(0.8, 2.5),
-                self.rng.integers(1500, 2600),
-                self.rng.integers(2000, 3200),
+                float(self.rng.integers(1500, 2600)),
+                float(self.rng.integers(2000, 3200)),
                 "RSTO" if k % 3 else "SF",
                 "attack",
                 "brute_force",
@@ -236,7 +237,7 @@ class Generator:
                 "ssl",
                 self.rng.uniform(30, 90),
                 self.rng.lognormal(18, 0.6),
-                self.rng.integers(3000, 9000),
+                float(self.rng.integers(3000, 9000)),
                 "SF",
                 "attack",
                 "exfiltration",
@@ -288,7 +289,9 @@ def generate(
     return rows
 
 
-def _daily_times(rng: np.random.Generator, n: int, start: float, span: float) -> np.ndarray:
+def _daily_times(
+    rng: np.random.Generator, n: int, start: float, span: float
+) -> npt.NDArray[np.float64]:
     """Times with a daily rhythm: busiest mid-afternoon, quietest before dawn."""
     out = np.empty(0)
     while out.size < n:
@@ -296,10 +299,10 @@ def _daily_times(rng: np.random.Generator, n: int, start: float, span: float) ->
         hour = (t % 86_400) / 3600
         rate = 1 + 0.7 * np.sin(2 * np.pi * (hour - 9) / 24)
         out = np.concatenate([out, t[rng.uniform(0, 1.7, t.size) < rate]])
-    return np.sort(out[:n])
+    return np.sort(out[:n]).astype(np.float64)
 
 
-def _zipf(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
+def _zipf(n: int, exponent: float, rng: np.random.Generator) -> npt.NDArray[np.float64]:
     weights = 1.0 / np.arange(1, n + 1) ** exponent
     rng.shuffle(weights)
     return weights / weights.sum()

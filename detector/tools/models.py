@@ -15,13 +15,13 @@ def models_command(args: argparse.Namespace, settings: Settings) -> int:
     registry = Registry(settings.model.registry)
     current = registry.current()
     if args.action == "list":
-        for version in registry.versions():
-            print(("* " if version == current else "  ") + version)
+        for stored in registry.versions():
+            print(("* " if stored == current else "  ") + stored)
         return 0
     if args.action == "rollback":
         print(f"in service: {registry.rollback()}")
         return 0
-    version = args.version or (current if args.action == "show" else None)
+    version: str | None = args.version or (current if args.action == "show" else None)
     if version is None:
         raise ConfigError(f"`netfraud models {args.action}` needs a VERSION")
     if args.action == "promote":

@@ -81,16 +81,16 @@ def validate(batch: FlowBatch, now: float | None = None) -> Decoded:
         if col.dtype.kind == "f":
             flag(np.isinf(col), f"field '{name}' is infinite")
     for name in ("src_port", "dst_port"):
-        col = batch.columns[name]
+        col = batch.num(name)
         with np.errstate(invalid="ignore"):
             bad = (col < 0) | (col > 65535) | (np.floor(col) != col)
         flag(bad & ~np.isnan(col), f"field '{name}' is not a port number (0-65535)")
     for name in ("duration", "src_bytes", "dst_bytes", "src_pkts", "dst_pkts"):
         with np.errstate(invalid="ignore"):
-            flag(batch.columns[name] < 0, f"field '{name}' is negative")
+            flag(batch.num(name) < 0, f"field '{name}' is negative")
     limit = (time.time() if now is None else now) + MAX_CLOCK_SKEW_S
     with np.errstate(invalid="ignore"):
-        flag(batch.columns["ts"] > limit, "field 'ts' is more than a day in the future")
+        flag(batch.num("ts") > limit, "field 'ts' is more than a day in the future")
     for name in ("src_ip", "dst_ip"):
         flag(~_valid_addresses(batch.columns[name]), f"field '{name}' is not an IP address")
 
