@@ -52,7 +52,7 @@ class SchemaMismatchError(ValueError):
 
 def default_flow_spec(windows: tuple[float, ...] = ctx.DEFAULT_WINDOWS) -> list[Field]:
     """The flow feature spec used unless a model is trained with another."""
-    numeric = {"log": True, "clip": 8.0}
+    numeric = {"log": True, "clip": 5.0}
     fields = [
         Field("duration", "numeric", numeric, "duration (s)"),
         Field("src_bytes", "numeric", numeric, "bytes sent"),

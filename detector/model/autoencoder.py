@@ -46,15 +46,15 @@ class AutoencoderConfig:
 
     hidden: tuple[int, ...] = (64, 32)
     bottleneck: int = 12
-    activation: Activation = "relu"
+    activation: Activation = "gelu"
     dropout: float = 0.0
     norm: Norm = "none"
     denoise: float = 0.0
     lr: float = 2e-3
-    weight_decay: float = 1e-5
+    weight_decay: float = 1e-4
     batch_size: int = 1024
-    max_epochs: int = 60
-    patience: int = 6
+    max_epochs: int = 200
+    patience: int = 10
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 

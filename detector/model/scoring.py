@@ -72,7 +72,15 @@ class Scorer:
         )
 
 
-def error_scale_from(model: Autoencoder, rows: F32) -> F32:
-    """Mean squared reconstruction error per feature on normal rows."""
-    raw = Scorer(model, None, "cpu").score(rows).errors
-    return np.asarray(raw.mean(axis=0) + 1e-4, dtype=np.float32)
+def error_scale_from(model: Autoencoder, rows: F32, floor_quantile: float = 0.25) -> F32:
+    """Per-feature divisor of the squared error: its mean on normal rows.
+
+    The divisor is floored at the ``floor_quantile`` of all features' means.
+    Without the floor, a feature that is nearly constant in training (and so
+    reconstructed almost perfectly) gets a divisor near zero, and any later
+    change in it dominates every score: on NSL-KDD that halved the detection
+    rate at 1% false positives.
+    """
+    mean = Scorer(model, None, "cpu").score(rows).errors.mean(axis=0)
+    floor = max(float(np.quantile(mean, floor_quantile)), 1e-6)
+    return np.asarray(np.maximum(mean, floor), dtype=np.float32)
