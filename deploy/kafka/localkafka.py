@@ -312,7 +312,15 @@ def _check_java_version(java: str) -> None:
 
 
 def _random_cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A KRaft cluster id: 16 random bytes, URL-safe base64.
+
+    An id starting with ``-`` would be read as an option by the storage tool,
+    so such draws are repeated.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _pid_alive(pid: int) -> bool:
