@@ -1,0 +1,1 @@
+"""Benchmarks: they print figures and write reports; they never assert times."""
