@@ -53,8 +53,9 @@ def detect(sample: bytes) -> FormatAdapter | None:
 
 
 def _detection_order(name: str) -> tuple[int, str]:
-    # The project's own format is the most specific match, so try it first.
-    return (0 if name == "netfraud" else 1, name)
+    # The project's own formats are the most specific matches, so try them first;
+    # packets before flows, as a packet record has every field a flow requires.
+    return ({"packet": 0, "netfraud": 1}.get(name, 2), name)
 
 
 def _load_builtin() -> None:
