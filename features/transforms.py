@@ -71,13 +71,13 @@ class Numeric:
     def expected(self, reconstructed: F32) -> float | str:
         """The input value the model expected, in original units."""
         x = float(reconstructed[0]) * self.scale + self.center
-        return float(np.expm1(max(x, 0.0))) if self.log else x
+        return float(np.sign(x) * np.expm1(abs(x))) if self.log else x
 
     def _pre(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         if not self.log:
             return x
-        with np.errstate(invalid="ignore"):
-            return np.log1p(np.maximum(x, 0.0))
+        # Signed, so that negative values (deltas, offsets) keep their order.
+        return np.sign(x) * np.log1p(np.abs(x))
 
     def to_dict(self) -> dict[str, Any]:
         return {

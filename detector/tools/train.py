@@ -9,9 +9,11 @@ import numpy as np
 import numpy.typing as npt
 
 from detector.model.autoencoder import AutoencoderConfig
-from detector.model.fit import TrainOptions, train_bundle
+from detector.model.fit import TrainOptions, train_bundle, train_table_bundle
 from detector.model.registry import Registry
 from detector.settings import Settings
+from detector.tools.evaluate import TABLE_FORMATS, load_table
+from detector.tools.pcap import capture_rows, is_capture
 from detector.tools.progress import progress_bar
 from features.formats import get_adapter
 from features.records import FlowBatch
@@ -34,7 +36,7 @@ def load_labelled(
     Raises:
         ValueError: An explicitly named label column is absent.
     """
-    batch = get_adapter(fmt).read_file(path)
+    batch = capture_rows(path, fmt) if is_capture(path) else get_adapter(fmt).read_file(path)
     order = np.argsort(batch.num("ts"), kind="stable")
     batch = batch.take(order)
     column, value = LABEL_DEFAULTS.get(fmt, ("label", "benign"))
@@ -51,20 +53,23 @@ def load_labelled(
 
 def train_command(args: argparse.Namespace, settings: Settings) -> int:
     fmt = args.format or settings.topics.format
-    batch, normal = load_labelled(args.data, fmt, args.label_column, args.benign)
     config = AutoencoderConfig(seed=args.seed)
     if args.epochs:
         config = AutoencoderConfig(seed=args.seed, max_epochs=args.epochs)
     options = TrainOptions(target_fpr=args.target_fpr, device=settings.model.device, seed=args.seed)
+    metadata = {"source": str(args.data), "format": fmt}
     with progress_bar("training", config.max_epochs) as advance:
-        bundle = train_bundle(
-            batch,
-            normal,
-            config,
-            options,
-            progress=lambda epoch, train, val: advance(1),
-            metadata={"source": str(args.data), "format": fmt},
-        )
+        progress = lambda epoch, train, val: advance(1)
+        if fmt in TABLE_FORMATS:
+            # These data sets carry their own labels and columns: fit on their
+            # normal rows, in their own feature space.
+            table = load_table(args.data, fmt)
+            bundle = train_table_bundle(table, config, options, progress, metadata)
+        else:
+            batch, normal = load_labelled(args.data, fmt, args.label_column, args.benign)
+            bundle = train_bundle(
+                batch, normal, config, options, progress=progress, metadata=metadata
+            )
     registry = Registry(settings.model.registry)
     registry.publish(bundle)
     if not args.no_promote:

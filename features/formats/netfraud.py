@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated
 
 import msgspec
 import numpy as np
@@ -33,7 +34,9 @@ from features.records import (
     protocol_number,
 )
 
-Number = int | float
+# A JSON integer beyond 64 bits cannot become a float column: refuse it here.
+Int = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+Number = Int | float
 
 
 class FlowRecord(msgspec.Struct, frozen=True, gc=False):
@@ -42,15 +45,15 @@ class FlowRecord(msgspec.Struct, frozen=True, gc=False):
     ts: Number | str
     src_ip: str
     dst_ip: str
-    proto: int | str
-    src_port: int | None = None
-    dst_port: int | None = None
+    proto: Int | str
+    src_port: Int | None = None
+    dst_port: Int | None = None
     duration: Number | None = None
     src_bytes: Number | None = None
     dst_bytes: Number | None = None
     src_pkts: Number | None = None
     dst_pkts: Number | None = None
-    tcp_flags: int | None = None
+    tcp_flags: Int | None = None
     service: str | None = None
     conn_state: str | None = None
     sampling_rate: Number | None = None
@@ -59,6 +62,7 @@ class FlowRecord(msgspec.Struct, frozen=True, gc=False):
 
 
 _ONE = msgspec.json.Decoder(FlowRecord)
+_OBJECT = msgspec.json.Decoder(dict[str, object])
 _MANY = msgspec.json.Decoder(list[FlowRecord])
 _EXTRAS = ("label", "attack_type")
 
@@ -84,24 +88,41 @@ class NetfraudJson:
         return True
 
     def read_file(self, path: Path) -> FlowBatch:
-        """Read JSON lines, CSV or Parquet with canonical column names."""
+        """Read JSON lines, CSV or Parquet with canonical column names.
+
+        Columns that are not canonical fields (labels, notes) are carried in
+        ``extras``. A file with bad rows is refused, naming the first.
+        """
         suffix = path.suffix.lower()
         if suffix in {".jsonl", ".json", ".ndjson"}:
-            lines = [line for line in path.read_bytes().splitlines() if line.strip()]
-            decoded = self.decode(lines)
-            if decoded.rejects:
-                first = decoded.rejects[0]
-                raise ValueError(
-                    f"{path}: line {first.position + 1}: {first.reason} "
-                    f"({len(decoded.rejects)} bad lines in all)"
-                )
-            return decoded.batch
-        frame = pd.read_parquet(path) if suffix == ".parquet" else pd.read_csv(path)
-        return frame_to_batch(frame)
+            frame = pd.DataFrame(_json_objects(path))
+        elif suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path)
+        return frame_to_batch(frame, strict=str(path))
 
 
-def frame_to_batch(frame: pd.DataFrame) -> FlowBatch:
-    """Turn a data frame with canonical column names into a validated batch."""
+def _json_objects(path: Path) -> list[dict[str, object]]:
+    rows = []
+    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(_OBJECT.decode(line))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ValueError(f"{path}: line {number}: not a JSON object: {exc}") from None
+    return rows
+
+
+def frame_to_batch(frame: pd.DataFrame, strict: str | None = None) -> FlowBatch:
+    """Turn a data frame with canonical column names into a validated batch.
+
+    Args:
+        frame: One row per flow; other columns go to ``extras`` as text.
+        strict: Where the frame came from; when given, invalid rows are an
+            error naming the first, instead of being left out.
+    """
     missing = [f for f in ("ts", "src_ip", "dst_ip", "proto") if f not in frame]
     if missing:
         raise ValueError(f"missing required columns: {', '.join(missing)}")
@@ -118,9 +139,17 @@ def frame_to_batch(frame: pd.DataFrame) -> FlowBatch:
     for name in STRING_FIELDS:
         if name in frame:
             values[name] = frame[name].astype(object).where(frame[name].notna(), None)
-    extras = {k: frame[k].astype(str).to_numpy(object) for k in _EXTRAS if k in frame}
+    canonical = set(NUMERIC_FIELDS) | set(STRING_FIELDS)
+    extras = {str(k): frame[k].astype(str).to_numpy(object) for k in frame if k not in canonical}
     batch = from_columns(values, len(frame), extras=extras)  # type: ignore[arg-type]
-    return validate(batch).batch
+    decoded = validate(batch)
+    if strict and decoded.rejects:
+        first = decoded.rejects[0]
+        raise ValueError(
+            f"{strict}: row {first.position + 1}: {first.reason} "
+            f"({len(decoded.rejects)} bad rows in all)"
+        )
+    return decoded.batch
 
 
 def _decode_all(values: Sequence[bytes]) -> tuple[list[FlowRecord | None], list[Reject]]:
