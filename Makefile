@@ -60,9 +60,19 @@ check: lint typecheck deploy-check test ## Everything CI runs, and the linters
 
 bench: venv ## Throughput benchmarks through a real broker (writes docs/ and bench/results/)
 	$(BIN)/python -m bench.formats
+	$(BIN)/python -m bench.throughput $(BENCH_ARGS)
+
+# Settings `make demo` leaves; `make retrain` uses them unless NETFRAUD_CONFIG is set.
+DEMO_SETTINGS ?= .demo/netfraud.toml
+RETRAIN_CONFIG := $(if $(NETFRAUD_CONFIG),,$(if $(wildcard $(DEMO_SETTINGS)),--config $(DEMO_SETTINGS)))
+
+bench-quality: venv ## Detection quality on the shared labelled data sets vs peers (docs/benchmarks.md)
+	$(BIN)/python -m bench.quality
 
 retrain: venv ## Train a challenger on recent traffic and promote it if it passes the gate
-	$(BIN)/netfraud retrain
+	@status=0; $(BIN)/netfraud retrain $(RETRAIN_CONFIG) $(RETRAIN_ARGS) || status=$$?; \
+	  if [ $$status -eq 3 ]; then echo "retrain: champion kept (exit 3)"; status=0; fi; \
+	  exit $$status
 
 clean: ## Remove the virtualenv, caches and local state (not the jar cache)
 	rm -rf $(VENV) .kafka .demo .models .pytest_cache .mypy_cache .ruff_cache

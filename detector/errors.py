@@ -36,3 +36,27 @@ class AuthenticationError(TransportError):
 
 class DeliveryError(TransportError):
     """Alerts or dead letters were not acknowledged, so offsets stay uncommitted."""
+
+
+class FencedError(TransportError):
+    """Another instance took over this one's transactional id (exactly-once);
+    this one must stop. Give each instance its own ``delivery.transactional_id``."""
+
+    retriable = False
+
+
+class AccessDeniedError(TransportError):
+    """The broker's ACLs do not allow an operation netfraud needs; the message
+    names the resource (docs/operating.md lists the ACLs)."""
+
+    retriable = False
+
+
+class TrainingDataError(NetfraudError):
+    """The data to retrain on is missing, too small or unreadable; the message says where."""
+
+
+class RegistryBusyError(NetfraudError):
+    """Another retrain holds the registry's lock; this one did nothing."""
+
+    retriable = True

@@ -41,7 +41,9 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # Resolve stderr when a logger is made, not now: it may be replaced
+        # later (by a test runner capturing output, for one).
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
     # kafka-python logs through the standard library; keep its chatter down.
@@ -49,6 +51,10 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
     logging.getLogger("kafka").setLevel(logging.ERROR)
     # Auto-created topics are "not found" once before they exist; not an error.
     logging.getLogger("kafka.cluster").setLevel(logging.CRITICAL)
+
+
+def _stderr_logger(*args: Any) -> structlog.PrintLogger:
+    return structlog.PrintLogger(file=sys.stderr)
 
 
 def get_logger(name: str) -> Any:

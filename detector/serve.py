@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 import threading
 import time
 from types import FrameType
 
 from detector.errors import ConfigError
+from detector.lifecycle.drift import DriftMonitor
+from detector.lifecycle.retrain import start_schedule
 from detector.logs import get_logger
 from detector.model.holder import ModelHolder
 from detector.model.registry import Registry
 from detector.ops.health import HealthServer
 from detector.ops.metrics import Metrics
 from detector.settings import Settings
-from detector.stream.loop import Detector
+from detector.stream.archive import ArchiveWriter
+from detector.stream.loop import Detector, Policy
+from detector.stream.suppressions import Suppressions
 from detector.stream.transport import Transport
 
 log = get_logger("serve")
+#: Seconds serve waits for the suppression rules before it starts scoring.
+SUPPRESSIONS_LOAD_TIMEOUT_S = 30.0
 
 
 def make_transport(settings: Settings) -> Transport:
@@ -54,7 +61,19 @@ def serve(settings: Settings, stop_after_idle_s: float | None = None) -> int:
     )
     metrics = Metrics()
     transport = make_transport(settings)
-    detector = Detector(settings, transport, models, metrics)
+    suppressions = _suppressions(settings)
+    archive = _archive(settings)
+    detector = Detector(
+        settings,
+        transport,
+        models,
+        metrics,
+        Policy(suppress=suppressions),
+        archive=archive,
+        monitor=DriftMonitor(metrics, settings.drift),
+    )
+    if settings.retrain.every:
+        start_schedule(settings, stop)
     health = _health(settings, detector, transport, models, metrics)
     if stop_after_idle_s:
         _stop_when_idle(detector, transport, stop, stop_after_idle_s)
@@ -64,15 +83,45 @@ def serve(settings: Settings, stop_after_idle_s: float | None = None) -> int:
         topics=list(settings.topics.input),
         group=settings.consumer.group_id,
     )
+    # What is loaded by now (torch, the model, clients) lives as long as the
+    # process. Frozen, it is left out of the collector's full passes, which
+    # otherwise rescan it several times a second under load: about a fifth of
+    # the loop's CPU time (docs/performance.md).
+    gc.freeze()
     try:
         detector.run(stop)
     finally:
         transport.close()
+        suppressions.stop()
         models.close()
+        if archive:
+            archive.close()
         if health:
             health.stop()
         log.info("stopped")
     return 0
+
+
+def _suppressions(settings: Settings) -> Suppressions:
+    """Follow the feedback topic; wait a while for its rules so that a restart
+    does not alert on what analysts already suppressed."""
+    suppressions = Suppressions().start(settings)
+    if not suppressions.wait_ready(SUPPRESSIONS_LOAD_TIMEOUT_S):
+        log.warning(
+            "suppressions_not_loaded",
+            topic=settings.topics.feedback,
+            waited_s=SUPPRESSIONS_LOAD_TIMEOUT_S,
+        )
+    return suppressions
+
+
+def _archive(settings: Settings) -> ArchiveWriter | None:
+    """The archive writer for ``[archive] path``, if one is set."""
+    if settings.archive.path is None:
+        return None
+    writer = ArchiveWriter.from_settings(settings.archive)
+    log.info("archiving", path=str(writer.path), retention_hours=writer.retention_hours)
+    return writer
 
 
 def _on_signals(stop: threading.Event) -> None:

@@ -98,8 +98,18 @@ class ConsumerSettings(_Section):
     heartbeat_interval_ms: int = Field(3_000, gt=0)
     max_poll_interval_ms: int = Field(300_000, gt=0)
     fetch_max_bytes: int = Field(52_428_800, gt=0)
-    max_partition_fetch_bytes: int = Field(4_194_304, gt=0)
+    max_partition_fetch_bytes: int = Field(
+        1_048_576,
+        gt=0,
+        description="per-partition fetch size; larger buffers more memory, no faster here "
+        "(docs/performance.md)",
+    )
     group_instance_id: str | None = Field(None, description="static membership id")
+    assignment_strategy: Literal["range", "roundrobin", "sticky", "cooperative-sticky"] = Field(
+        "range",
+        description="how partitions are split between instances (cooperative-sticky: "
+        "incremental rebalances; change it in two rolling steps, see docs/operating.md)",
+    )
 
 
 class ProducerSettings(_Section):
@@ -147,7 +157,9 @@ class DeliverySettings(_Section):
 
     mode: Literal["at-least-once", "exactly-once"] = "at-least-once"
     transactional_id: str | None = Field(
-        None, description="exactly-once: unique per instance (default: group id + host)"
+        None,
+        description="exactly-once: unique per instance and stable across its restarts "
+        "(default: <group>-<host>-<group_instance_id, else m<metrics port>>)",
     )
 
 
@@ -164,6 +176,70 @@ class ArchiveSettings(_Section):
 
     path: Path | None = Field(None, description="directory of hourly Parquet files")
     retention_hours: float = Field(168.0, gt=0)
+    flush_rows: int = Field(50_000, gt=0, description="buffered rows that trigger a write")
+    flush_interval_s: float = Field(60.0, gt=0, description="write buffered rows this often")
+
+
+class RetrainSettings(_Section):
+    """Retraining a challenger from recent traffic, the gate it must pass, and its schedule."""
+
+    window_hours: float = Field(
+        24.0, gt=0, description="hours of archived traffic to train on, ending at the newest row"
+    )
+    min_rows: int = Field(5_000, gt=0, description="fewer usable rows in the window: no retrain")
+    holdout_share: float = Field(
+        0.2, gt=0, lt=1, description="share of the window held out to compare the models"
+    )
+    validation_file: Path | None = Field(None, description="labelled file for detection figures")
+    validation_format: str = Field("netfraud", description="record format of validation_file")
+    max_fpr_ratio: float = Field(
+        1.25, gt=0, description="challenger false-positive rate at most this x the champion's"
+    )
+    max_detection_drop: float = Field(
+        0.02, ge=0, le=1, description="detection rate on validation_file may fall this much"
+    )
+    max_epochs: int | None = Field(None, gt=0, description="cap on epochs (default: champion's)")
+    every: float | None = Field(
+        None, gt=0, description="seconds between retrains inside serve (30m, 6h, 1d accepted)"
+    )
+
+    @field_validator("every", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+        if isinstance(value, str) and value.strip()[-1:].lower() in units:
+            text = value.strip()
+            try:
+                return float(text[:-1]) * units[text[-1].lower()]
+            except ValueError:
+                raise ValueError(f"not a duration: {value!r} (use 90s, 30m, 6h or 1d)") from None
+        return value
+
+
+class DriftSettings(_Section):
+    """Drift of serving traffic against the training snapshot, and alert-rate jumps."""
+
+    every_records: int = Field(10_000, gt=0, description="records per drift (PSI) update")
+    alert_rate_factor: float = Field(
+        3.0, gt=1, description="warn when the alert rate exceeds this x the calibrated rate"
+    )
+    alert_window_records: int = Field(
+        5_000, gt=0, description="recent records the alert rate is measured over"
+    )
+    alert_sustained_s: float = Field(
+        60.0, ge=0, description="how long the rate must stay high before the warning"
+    )
+
+
+class LimitsSettings(_Section):
+    """Resource ceilings the loop enforces on itself."""
+
+    max_rss_mb: float = Field(
+        1_536.0,
+        ge=0,
+        description="pause consumption while this process's resident memory exceeds this many "
+        "MiB (0: off); keep it under the container limit divided by --workers",
+    )
 
 
 class LogSettings(_Section):
@@ -185,6 +261,9 @@ class Settings(_Section):
     delivery: DeliverySettings = DeliverySettings()
     metrics: MetricsSettings = MetricsSettings()
     archive: ArchiveSettings = ArchiveSettings()
+    retrain: RetrainSettings = RetrainSettings()
+    drift: DriftSettings = DriftSettings()
+    limits: LimitsSettings = LimitsSettings()
     log: LogSettings = LogSettings()
 
     def masked(self) -> dict[str, Any]:

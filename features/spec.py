@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -98,6 +98,9 @@ class FittedSpec:
     fields: list[Field]
     transforms: list[Transform]
     windows: tuple[float, ...] = ctx.DEFAULT_WINDOWS
+    #: What a row is: ``flow`` (canonical flows with context), ``table`` (a
+    #: labelled data set's own columns), or another registered kind.
+    record: str = "flow"
 
     @classmethod
     def fit(
@@ -105,10 +108,11 @@ class FittedSpec:
         fields: Sequence[Field],
         raw: Mapping[str, npt.NDArray[Any]],
         windows: tuple[float, ...] = ctx.DEFAULT_WINDOWS,
+        record: str = "flow",
     ) -> FittedSpec:
         """Fit every field's transform on training columns."""
         transforms = [make(f.kind, dict(f.params)).fit(raw[f.name]) for f in fields]
-        return cls(list(fields), transforms, windows)
+        return cls(list(fields), transforms, windows, record)
 
     @property
     def width(self) -> int:
@@ -138,6 +142,9 @@ class FittedSpec:
                 for f, t in zip(self.fields, self.transforms, strict=True)
             ],
             "windows": list(self.windows),
+            # Flow specs leave their kind out, so that bundles written before
+            # there were record kinds keep their schema hash (and load).
+            **({"record": self.record} if self.record != "flow" else {}),
         }
 
     @property
@@ -209,6 +216,7 @@ class FittedSpec:
     def to_dict(self) -> dict[str, Any]:
         """Plain data for the bundle."""
         return {
+            "record": self.record,
             "windows": list(self.windows),
             "fields": [
                 {"name": f.name, "kind": f.kind, "label": f.label, "params": t.to_dict()}
@@ -221,7 +229,8 @@ class FittedSpec:
         """Rebuild a fitted spec stored by :meth:`to_dict`."""
         fields = [Field(d["name"], d["kind"], {}, d.get("label", "")) for d in data["fields"]]
         transforms = [make(d["kind"], dict(d["params"])) for d in data["fields"]]
-        return cls(fields, transforms, tuple(data.get("windows", ctx.DEFAULT_WINDOWS)))
+        windows = tuple(data.get("windows", ctx.DEFAULT_WINDOWS))
+        return cls(fields, transforms, windows, data.get("record", "flow"))
 
 
 def _plain(value: Any) -> Any:
@@ -242,6 +251,16 @@ def check_inputs(spec: FittedSpec) -> None:
     Raises:
         SchemaMismatchError: Naming each field the spec needs and the input lacks.
     """
+    if spec.record == "packet":
+        from features.packets import check_packet_inputs  # packets builds on this module
+
+        check_packet_inputs(spec)
+        return
+    if spec.record != "flow":
+        raise SchemaMismatchError(
+            f"the model was trained on {spec.record} records; serve scores flows: "
+            "train it on flow records (for example --format netfraud or zeek)"
+        )
     available = set(FLOW_FIELDS) | set(DERIVED_FIELDS) | set(ctx.feature_names(spec.windows))
     missing = [f.name for f in spec.fields if f.name not in available]
     if missing:
@@ -287,7 +306,9 @@ class FlowVectorizer:
 
     def __init__(self, spec: FittedSpec, context: ctx.FlowContext | None = None) -> None:
         self.spec = spec
-        self.context = context or ctx.FlowContext(windows=spec.windows)
+        # Not ``context or ...``: an empty context has length 0 and is falsy, and
+        # replacing it would drop its max_keys and idle_timeout settings.
+        self.context = context if context is not None else ctx.FlowContext(windows=spec.windows)
 
     def __call__(self, batch: FlowBatch) -> Vectors:
         raw = derived_columns(batch)
@@ -320,3 +341,38 @@ def fit_vectorizer(
     )
     vectorizer = FlowVectorizer(spec)
     return vectorizer, Vectors(spec.transform(raw), raw, warming)
+
+
+class Vectorizer(Protocol):
+    """Turns a batch into model input; ``context`` is its mutable state, if any."""
+
+    spec: FittedSpec
+    context: Any
+
+    def __call__(self, batch: FlowBatch) -> Vectors: ...
+
+
+def _packet_vectorizer(spec: FittedSpec, state: Any) -> Vectorizer:
+    from features.packets import PacketVectorizer  # packets builds on this module
+
+    return PacketVectorizer.reuse(spec, state)
+
+
+#: Record kind -> factory of a vectorizer for a fitted spec and carried-over state.
+VECTORIZERS: dict[str, Callable[[FittedSpec, Any], Vectorizer]] = {
+    "flow": lambda spec, state: FlowVectorizer(
+        spec, state if isinstance(state, ctx.FlowContext) else None
+    ),
+    "packet": _packet_vectorizer,
+}
+
+
+def make_vectorizer(spec: FittedSpec, state: Any = None) -> Vectorizer:
+    """The vectorizer for a spec's record kind, reusing compatible state."""
+    try:
+        factory = VECTORIZERS[spec.record]
+    except KeyError:
+        raise SchemaMismatchError(
+            f"no vectorizer for {spec.record!r} records; known: {sorted(VECTORIZERS)}"
+        ) from None
+    return factory(spec, state)

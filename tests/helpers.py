@@ -88,8 +88,10 @@ def serve(
     dead: str,
     *extra: str,
     env: dict[str, str] | None = None,
+    log: Path | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``netfraud serve`` as a subprocess (JSON logs to its stderr)."""
+    """Start ``netfraud serve`` as a subprocess (JSON logs to its stderr, or
+    appended to ``log``: a long run must not fill an unread pipe)."""
     command = [
         sys.executable,
         "-m",
@@ -115,9 +117,12 @@ def serve(
     ]
     environment = dict(os.environ, **(env or {}))
     environment.pop("NETFRAUD_CONFIG", None)
-    return subprocess.Popen(
-        command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    if log is None:
+        return subprocess.Popen(
+            command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+    with log.open("ab") as sink:
+        return subprocess.Popen(command, cwd=ROOT, env=environment, stdout=sink, stderr=sink)
 
 
 def wait_until(predicate: Any, timeout: float, interval: float = 0.5) -> bool:

@@ -18,14 +18,19 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from detector.lifecycle.drift import reference_profile
 from detector.model.autoencoder import AutoencoderConfig
 from detector.model.bundle import Bundle
 from detector.model.scoring import error_scale_from
 from detector.model.threshold import Calibration, measured_fpr
 from detector.model.training import train_autoencoder
 from features import context as ctx
+from features.formats.datasets import LabelledTable
+from features.packets import DEFAULT_WINDOWS as PACKET_WINDOWS
+from features.packets import fit_packet_vectorizer, record_kind
 from features.records import FlowBatch
-from features.spec import Field, fit_vectorizer
+from features.spec import Field, FittedSpec, Vectors, fit_vectorizer
+from features.tabular import fit_table
 
 
 @dataclass(frozen=True)
@@ -70,9 +75,10 @@ def train_bundle(
     config: AutoencoderConfig | None = None,
     options: TrainOptions | None = None,
     fields: list[Field] | None = None,
-    windows: tuple[float, ...] = ctx.DEFAULT_WINDOWS,
+    windows: tuple[float, ...] | None = None,
     progress: Callable[[int, float, float], None] | None = None,
     metadata: dict[str, Any] | None = None,
+    record: str | None = None,
 ) -> Bundle:
     """Fit the feature spec and autoencoder, calibrate, and seal a bundle.
 
@@ -82,29 +88,89 @@ def train_bundle(
         config: Architecture and optimiser settings.
         options: Split, calibration and device.
         fields: Feature spec (the default flow spec when ``None``).
-        windows: Context windows in seconds.
+        windows: Context windows (flows) or time scales (packets) in seconds;
+            the record kind's defaults when ``None``.
         progress: Called after each epoch with (epoch, train loss, validation loss).
         metadata: Extra facts to store (source file, format, ...).
+        record: ``flow`` or ``packet`` rows; from ``metadata["format"]`` when ``None``.
     """
     options = options or TrainOptions()
-    config = config or AutoencoderConfig(seed=options.seed)
     normal = np.ones(len(batch), bool) if normal is None else normal
-    fit_rows, val_rows, cal_rows = split_rows(len(batch), normal, options)
+    splits = split_rows(len(batch), normal, options)
     fit_mask = np.zeros(len(batch), bool)
-    fit_mask[fit_rows] = True
-
+    fit_mask[splits[0]] = True
     started = time.monotonic()
-    vectorizer, vectors = fit_vectorizer(batch, fields, windows, fit_rows=fit_mask)
+    record = record or record_kind((metadata or {}).get("format"))
+    spec, vectors = _fit_features(batch, fields, windows, fit_mask, record)
+    ts = batch.num("ts")
+    window = {"start": float(np.nanmin(ts)), "end": float(np.nanmax(ts))}
+    return seal(
+        spec,
+        vectors,
+        splits,
+        normal,
+        config,
+        options,
+        progress,
+        {"training_window": window, **(metadata or {})},
+        started,
+    )
+
+
+def _fit_features(
+    batch: FlowBatch,
+    fields: list[Field] | None,
+    windows: tuple[float, ...] | None,
+    fit_mask: npt.NDArray[np.bool_],
+    record: str,
+) -> tuple[FittedSpec, Vectors]:
+    """Fit the vectorizer of the record kind; return its spec and the vectors."""
+    if record == "packet":
+        packets, vectors = fit_packet_vectorizer(batch, fields, windows or PACKET_WINDOWS, fit_mask)
+        return packets.spec, vectors
+    flows, vectors = fit_vectorizer(batch, fields, windows or ctx.DEFAULT_WINDOWS, fit_mask)
+    return flows.spec, vectors
+
+
+def train_table_bundle(
+    table: LabelledTable,
+    config: AutoencoderConfig | None = None,
+    options: TrainOptions | None = None,
+    progress: Callable[[int, float, float], None] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Bundle:
+    """Like :func:`train_bundle`, for a labelled feature table (NSL-KDD, UNSW-NB15,
+    Zeek logs read as tables): fitted on the rows not labelled as attacks."""
+    options = options or TrainOptions()
+    normal = ~table.label
+    splits = split_rows(len(table), normal, options)
+    started = time.monotonic()
+    spec, vectors = fit_table(table, splits[0])
+    return seal(spec, vectors, splits, normal, config, options, progress, metadata or {}, started)
+
+
+def seal(
+    spec: FittedSpec,
+    vectors: Vectors,
+    splits: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]],
+    normal: npt.NDArray[np.bool_],
+    config: AutoencoderConfig | None,
+    options: TrainOptions,
+    progress: Callable[[int, float, float], None] | None,
+    metadata: dict[str, Any],
+    started: float,
+) -> Bundle:
+    """Train on the fit rows, scale errors on the validation rows, calibrate on
+    the calibration rows, and seal everything in a bundle."""
+    fit_rows, val_rows, cal_rows = splits
+    config = config or AutoencoderConfig(seed=options.seed)
     x = vectors.matrix
     result = train_autoencoder(x[fit_rows], x[val_rows], config, options.device, progress)
     scale = error_scale_from(result.model, x[val_rows])
-
     bundle_scores = _scores(result.model, scale, x[cal_rows])
     calibration = Calibration.fit(bundle_scores, options.target_fpr)
-    ts = batch.num("ts")
     meta = {
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "training_window": {"start": float(np.nanmin(ts)), "end": float(np.nanmax(ts))},
         "rows": {
             "fit": len(fit_rows),
             "validation": len(val_rows),
@@ -117,10 +183,12 @@ def train_bundle(
         "train_seconds": round(time.monotonic() - started, 2),
         "target_fpr": options.target_fpr,
         "calibration_fpr": measured_fpr(bundle_scores, calibration.threshold),
-        **(metadata or {}),
+        # Histograms of the training snapshot, for drift (detector.lifecycle.drift).
+        "reference": reference_profile(spec, vectors.raw, fit_rows, bundle_scores),
+        **metadata,
     }
     version = _version(meta["data_fingerprint"], config)
-    return Bundle(version, vectorizer.spec, result.model, scale, calibration, meta)
+    return Bundle(version, spec, result.model, scale, calibration, meta)
 
 
 def _scores(

@@ -2,25 +2,52 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import kafka
 import kafka.errors
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
+from kafka.coordinator.assignors.range import RangePartitionAssignor
+from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from kafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 from kafka.structs import OffsetAndMetadata
 from kafka.structs import TopicPartition as KafkaTopicPartition
 
-from detector.errors import AuthenticationError, DeliveryError, TransportError
+from detector.errors import (
+    AccessDeniedError,
+    AuthenticationError,
+    DeliveryError,
+    FencedError,
+    TransportError,
+)
 from detector.logs import get_logger
 from detector.settings import Settings
+from detector.stream.delivery import transactional_id
 from detector.stream.transport import Headers, Message, TopicPartition
 
 log = get_logger("transport")
 
 #: How long an empty poll waits for a first record, in milliseconds.
 IDLE_POLL_MS = 500
+#: ``consumer.assignment_strategy`` -> kafka-python's assignor.
+ASSIGNORS: dict[str, Any] = {
+    "range": RangePartitionAssignor,
+    "roundrobin": RoundRobinPartitionAssignor,
+    "sticky": StickyPartitionAssignor,
+    "cooperative-sticky": CooperativeStickyAssignor,
+}
+#: Errors after which a transactional producer can do nothing more.
+FENCED = (
+    kafka.errors.ProducerFencedError,
+    kafka.errors.InvalidProducerEpochError,
+    kafka.errors.TransactionalIdAuthorizationFailedError,
+)
 
 
 def connection_config(settings: Settings) -> dict[str, Any]:
@@ -63,11 +90,24 @@ class KafkaPythonTransport:
         self._warmup_records = settings.context.warmup_records
         self._warm_until: dict[TopicPartition, int] = {}
         self._to_warm: list[KafkaTopicPartition] = []
+        self._just_revoked: set[TopicPartition] = set()
+        self._to_resume: list[KafkaTopicPartition] = []
+        # Per partition, the offset after the last batch handed to commit().
+        self._done: dict[TopicPartition, int] = {}
+        self._paused = False
+        self._unreachable_since: float | None = None
+        # Exactly-once: a transactional producer, and input read as committed.
+        eos = settings.delivery.mode == "exactly-once"
+        self._bootstrap = settings.kafka.bootstrap_servers
+        self.transactional_id = transactional_id(settings) if eos else None
+        causes = _Causes.attach()
         try:
             self.consumer = KafkaConsumer(
                 **base,
                 group_id=c.group_id,
                 group_instance_id=c.group_instance_id,
+                partition_assignment_strategy=(ASSIGNORS[c.assignment_strategy],),
+                isolation_level="read_committed" if eos else "read_uncommitted",
                 enable_auto_commit=False,
                 auto_offset_reset=c.auto_offset_reset,
                 session_timeout_ms=c.session_timeout_ms,
@@ -79,20 +119,21 @@ class KafkaPythonTransport:
             )
             self.producer = KafkaProducer(
                 **base,
-                acks="all" if p.acks == "all" else 1,
+                acks="all" if eos or p.acks == "all" else 1,
                 linger_ms=p.linger_ms,
                 batch_size=p.batch_size,
                 compression_type=None if p.compression_type == "none" else p.compression_type,
                 retries=2**31 - 1,
-                enable_idempotence=p.acks == "all",
+                enable_idempotence=eos or p.acks == "all",
+                transactional_id=self.transactional_id,
             )
-        except kafka.errors.NoBrokersAvailable as exc:
-            raise TransportError(
-                f"no Kafka broker answered at {settings.kafka.bootstrap_servers}: {exc}; "
-                "check kafka.bootstrap_servers and that the broker is up"
-            ) from exc
+            if eos:
+                self.producer.init_transactions()
+                log.info("transactions_ready", transactional_id=self.transactional_id)
         except (kafka.errors.KafkaError, OSError) as exc:
-            raise _classify(exc, settings) from exc
+            raise _classify(exc, settings, causes.messages) from exc
+        finally:
+            causes.detach()
         self.consumer.subscribe(list(topics), listener=_Listener(self))
         self._pending: list[Any] = []
         self._failed: list[BaseException] = []
@@ -102,12 +143,16 @@ class KafkaPythonTransport:
         deadline: float | None = None
         timeout = IDLE_POLL_MS
         while len(out) < max_records:
-            chunk = self.consumer.poll(timeout_ms=timeout, max_records=max_records - len(out))
-            rewound = self._rewind_for_warmup()
+            try:
+                chunk = self.consumer.poll(timeout_ms=timeout, max_records=max_records - len(out))
+            except kafka.errors.AuthorizationError as exc:
+                raise _denied(exc, "read the input topics and join the group") from exc
+            rewound = self._rewind_for_warmup() | self._resume_kept()
             for tp, records in chunk.items():
                 if tp not in rewound:
-                    out.extend(_message(r) for r in records)
+                    out += map(_message, records)
             if not out:
+                self._note_link()
                 return out
             now = time.monotonic()
             if deadline is None:
@@ -120,9 +165,70 @@ class KafkaPythonTransport:
     def produce(
         self, topic: str, value: bytes, key: bytes | None = None, headers: Headers | None = None
     ) -> None:
-        future = self.producer.send(topic, value=value, key=key, headers=headers or [])
+        try:
+            future = self.producer.send(topic, value=value, key=key, headers=headers or [])
+        except kafka.errors.KafkaError as exc:  # buffer full for max_block_ms, or too large
+            raise DeliveryError(f"cannot queue a message for {topic}: {exc}") from exc
         future.add_errback(self._failed.append)
         self._pending.append(future)
+
+    def in_flight(self) -> int:
+        """Messages produced and neither acknowledged nor failed yet."""
+        return sum(1 for f in self._pending if not f.is_done)
+
+    def connected(self) -> bool:
+        """Whether the producer, or else the consumer, holds a live broker connection."""
+        clients = (getattr(self.producer, "_sender", None), self.consumer)
+        return any(_linked(getattr(c, "_client", None)) for c in clients)
+
+    def _note_link(self) -> None:
+        """Log once when every broker connection is gone, and once when one is back."""
+        if self.connected() == (self._unreachable_since is None):
+            return
+        if self._unreachable_since is None:
+            self._unreachable_since = time.monotonic()
+            log.warning("broker_unreachable", bootstrap=self._bootstrap)
+        else:
+            down = time.monotonic() - self._unreachable_since
+            self._unreachable_since = None
+            log.info("broker_reachable", bootstrap=self._bootstrap, down_s=round(down, 1))
+
+    def begin_transaction(self) -> None:
+        """Start a transaction (exactly-once)."""
+        try:
+            self.producer.begin_transaction()
+        except kafka.errors.KafkaError as exc:
+            raise self._transaction_error("begin", exc) from exc
+
+    def commit_transaction(self, offsets: Mapping[TopicPartition, int], timeout_s: float) -> None:
+        """Wait for the batch's messages, add its offsets, commit (exactly-once)."""
+        self.flush(timeout_s)
+        try:
+            if offsets:
+                self.producer.send_offsets_to_transaction(
+                    _offsets(offsets), self.consumer.group_metadata()
+                )
+            self.producer.commit_transaction()
+            self._done.update(offsets)
+        except kafka.errors.KafkaError as exc:
+            raise self._transaction_error("commit", exc) from exc
+
+    def abort_transaction(self) -> None:
+        """Discard the open transaction (exactly-once)."""
+        self._pending, self._failed = [], []
+        try:
+            self.producer.abort_transaction()
+        except kafka.errors.KafkaError as exc:
+            raise self._transaction_error("abort", exc) from exc
+
+    def _transaction_error(self, step: str, exc: Exception) -> TransportError:
+        manager = getattr(self.producer, "_transaction_manager", None)
+        if isinstance(exc, FENCED) or (manager is not None and manager.has_fatal_error()):
+            return FencedError(
+                f"transaction {step} failed for transactional id {self.transactional_id!r}: "
+                f"{exc!r}; another instance uses this id, or it is not authorised"
+            )
+        return DeliveryError(f"transaction {step} failed: {exc!r}")
 
     def flush(self, timeout_s: float) -> None:
         try:
@@ -132,18 +238,16 @@ class KafkaPythonTransport:
         failed = self._failed or [f.exception for f in self._pending if f.failed()]
         unfinished = [f for f in self._pending if not f.is_done]
         self._pending, self._failed = [], []
+        if failed and isinstance(failed[0], kafka.errors.AuthorizationError):
+            raise _denied(failed[0], "write the alerts and dead-letter topics")
         if failed:
             raise DeliveryError(f"{len(failed)} messages not acknowledged: {failed[0]!r}")
         if unfinished:
             raise DeliveryError(f"{len(unfinished)} messages still unacknowledged after flush")
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        self.consumer.commit(
-            {
-                KafkaTopicPartition(t, p): OffsetAndMetadata(o, "", -1)
-                for (t, p), o in offsets.items()
-            }
-        )
+        self._done.update(offsets)  # delivered, even if the commit below is refused
+        self.consumer.commit(_offsets(offsets))
 
     def rewind(self, offsets: Mapping[TopicPartition, int]) -> None:
         owned = set(self.assignment())
@@ -156,6 +260,31 @@ class KafkaPythonTransport:
 
     def warm_until(self) -> dict[TopicPartition, int]:
         return dict(self._warm_until)
+
+    def _resume_kept(self) -> set[KafkaTopicPartition]:
+        """Move partitions that a rebalance handed straight back to where this
+        consumer had got to, and commit that.
+
+        A commit refused during the rebalance leaves the committed offset
+        behind a batch already delivered; reading from it would publish that
+        batch again and fold it into the context a second time. Returns the
+        partitions it moved.
+        """
+        pending, self._to_resume = self._to_resume, []
+        owned = set(self.consumer.assignment())
+        moved = {}
+        for tp in pending:
+            done = self._done.get((tp.topic, tp.partition))
+            if tp in owned and done is not None and done > self.consumer.position(tp):
+                self.consumer.seek(tp, done)
+                moved[tp] = OffsetAndMetadata(done, "", -1)
+        if moved:
+            log.info("resumed_after_rebalance", partitions=len(moved))
+            try:
+                self.consumer.commit(moved)
+            except kafka.errors.KafkaError as exc:  # the next batch commits it
+                log.warning("commit_failed", error=str(exc))
+        return set(moved)
 
     def _rewind_for_warmup(self) -> set[KafkaTopicPartition]:
         """Start newly assigned partitions a little before their committed
@@ -197,9 +326,11 @@ class KafkaPythonTransport:
         return out
 
     def pause(self) -> None:
+        self._paused = True
         self.consumer.pause(*self.consumer.assignment())
 
     def resume(self) -> None:
+        self._paused = False
         self.consumer.resume(*self.consumer.paused())
 
     def close(self) -> None:
@@ -216,6 +347,10 @@ class _Listener(kafka.ConsumerRebalanceListener):  # type: ignore[misc]
     def on_partitions_revoked(self, revoked: Any) -> None:
         gone = sorted((tp.topic, tp.partition) for tp in revoked)
         self.transport._assigned = [tp for tp in self.transport._assigned if tp not in gone]
+        # An eager rebalance revokes everything and hands most of it straight
+        # back: the context of those partitions is intact and must not be fed
+        # their recent records a second time by a warm-up.
+        self.transport._just_revoked = {tp for tp in gone if tp not in self.transport._warm_until}
         for tp in gone:
             self.transport._warm_until.pop(tp, None)
         if gone:
@@ -224,8 +359,33 @@ class _Listener(kafka.ConsumerRebalanceListener):  # type: ignore[misc]
     def on_partitions_assigned(self, assigned: Any) -> None:
         new = sorted((tp.topic, tp.partition) for tp in assigned)
         self.transport._assigned = sorted(set(self.transport._assigned) | set(new))
-        self.transport._to_warm.extend(assigned)
-        log.info("partitions_assigned", partitions=[f"{t}[{p}]" for t, p in new])
+        kept = self.transport._just_revoked
+        self.transport._just_revoked = set()
+        self.transport._to_warm.extend(
+            tp for tp in assigned if (tp.topic, tp.partition) not in kept
+        )
+        self.transport._to_resume.extend(tp for tp in assigned if (tp.topic, tp.partition) in kept)
+        if self.transport._paused:  # a partition that arrives during a pause waits too
+            self.transport.consumer.pause(*assigned)
+        log.info(
+            "partitions_assigned",
+            partitions=[f"{t}[{p}]" for t, p in new],
+            context_kept=len(kept.intersection(new)),
+        )
+
+
+def _offsets(offsets: Mapping[TopicPartition, int]) -> dict[KafkaTopicPartition, Any]:
+    return {
+        KafkaTopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()
+    }
+
+
+def _linked(client: Any) -> bool:
+    """Whether a kafka-python network client has a live connection to a broker."""
+    try:
+        return any(client.connected(b.nodeId) for b in client.cluster.brokers())
+    except AttributeError:  # another kafka-python layout: do not fail readiness on it
+        return True
 
 
 def _message(record: Any) -> Message:
@@ -236,18 +396,68 @@ def _message(record: Any) -> Message:
         record.key,
         record.value,
         record.timestamp,
-        [(k, v) for k, v in (record.headers or [])],
+        record.headers or [],  # kafka-python's own list of (key, value) pairs
     )
 
 
-def _classify(exc: BaseException, settings: Settings) -> TransportError:
-    text = str(exc)
-    auth_words = ("auth", "sasl", "ssl", "certificate", "handshake", "credential")
-    if isinstance(exc, kafka.errors.AuthenticationFailedError) or any(
-        w in text.lower() for w in auth_words
-    ):
+def _denied(exc: BaseException, what: str) -> AccessDeniedError:
+    return AccessDeniedError(
+        f"the broker's ACLs do not let netfraud {what}: {exc}; grant the ACLs listed in "
+        "docs/operating.md (Security and ACLs) to its principal"
+    )
+
+
+class _Causes(logging.Handler):
+    """Keeps kafka-python's last error log lines while the clients connect: a
+    refused password or certificate shows only there, while the exception
+    raised just says that bootstrapping timed out."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: deque[str] = deque(maxlen=20)
+
+    @classmethod
+    def attach(cls) -> _Causes:
+        handler = cls()
+        logging.getLogger("kafka").addHandler(handler)
+        return handler
+
+    def detach(self) -> None:
+        logging.getLogger("kafka").removeHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+_AUTH_WORDS = ("auth", "sasl", "ssl", "certificate", "handshake", "credential")
+_TELLING_WORDS = ("authentication", "certificate", "handshake", "credential")
+#: The names differ between kafka-python 2 and 3.
+_AUTH_ERRORS = tuple(
+    getattr(kafka.errors, name)
+    for name in ("AuthenticationFailedError", "SaslAuthenticationFailedError")
+    if hasattr(kafka.errors, name)
+)
+
+
+def _classify(exc: BaseException, settings: Settings, causes: Sequence[str] = ()) -> TransportError:
+    text, where = str(exc), settings.kafka.bootstrap_servers
+    auth = [c for c in causes if any(w in c.lower() for w in _AUTH_WORDS)]
+    telling = [c for c in auth if any(w in c.lower() for w in _TELLING_WORDS)] or auth
+    if isinstance(exc, _AUTH_ERRORS) or auth:
+        reason = re.sub(r"^(<[^>]*>: )?(Connection lost: |Abort \()?", "", telling[-1])[:300]
+        reason = reason if auth else text
         return AuthenticationError(
-            f"the broker at {settings.kafka.bootstrap_servers} refused the connection "
+            f"the broker at {where} refused the connection "
+            f"({settings.kafka.security_protocol}): {reason}; check kafka.sasl_* / kafka.ssl_*"
+        )
+    if "bootstrap" in text.lower() or type(exc).__name__ == "NoBrokersAvailable":
+        return TransportError(
+            f"no Kafka broker answered at {where}: {text}; "
+            "check kafka.bootstrap_servers and that the broker is up"
+        )
+    if any(w in text.lower() for w in _AUTH_WORDS):
+        return AuthenticationError(
+            f"the broker at {where} refused the connection "
             f"({settings.kafka.security_protocol}): {text}; check kafka.sasl_* / kafka.ssl_*"
         )
-    return TransportError(f"cannot use Kafka at {settings.kafka.bootstrap_servers}: {text}")
+    return TransportError(f"cannot use Kafka at {where}: {text}")

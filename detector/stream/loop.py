@@ -3,39 +3,48 @@
 Each step is a method of its own with its own timing metric. Offsets are
 committed only after every alert and dead letter of the batch has been
 acknowledged by the broker, so a crash at any point loses nothing: the batch
-is read again (at-least-once).
+is read again (at-least-once); or in the same transaction as its output
+(exactly-once). ``detector.stream.delivery`` holds the two strategies.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from detector.errors import DeliveryError, TransportError
+from detector.errors import TransportError
 from detector.logs import get_logger
+from detector.model.bundle import Bundle
 from detector.model.holder import Active, ModelHolder
 from detector.model.scoring import ScoreResult
+from detector.ops.memory import MemoryWatchdog
 from detector.ops.metrics import Metrics
 from detector.settings import Settings
 from detector.stream import deadletters
 from detector.stream.alerts import Origin, build_alert
+from detector.stream.backpressure import Backpressure
+from detector.stream.delivery import Delivery, Outgoing, make_delivery
 from detector.stream.transport import Message, TopicPartition, Transport
 from features.context import FlowContext
 from features.formats import Decoded, FormatAdapter, get_adapter
+from features.packets import PacketVectorizer
 from features.records import FLOW_FIELDS, FlowBatch, Reject
-from features.spec import FlowVectorizer, Vectors
+from features.spec import FlowVectorizer, Vectorizer, Vectors
 
 log = get_logger("loop")
 _encode = msgspec.json.Encoder().encode
+#: Seconds before the first retry of a batch that was not delivered, and the most.
+RETRY_FIRST_S, RETRY_MAX_S = 0.5, 30.0
 
 
 @dataclass
@@ -85,6 +94,10 @@ class Detector:
         policy: Suppressions and other decisions.
         archive: Called with the rows scored below the threshold (for
             retraining); ``None`` to keep nothing.
+        monitor: Called with every scored batch's vectors, scores and bundle
+            (drift and alert-rate watch); ``None`` for none.
+        delivery: How a batch's output and offsets become durable (default:
+            the strategy ``delivery.mode`` names).
     """
 
     def __init__(
@@ -95,6 +108,8 @@ class Detector:
         metrics: Metrics | None = None,
         policy: Policy | None = None,
         archive: Callable[[FlowBatch, npt.NDArray[np.float64], str], None] | None = None,
+        monitor: Callable[[Vectors, npt.NDArray[np.float64], Bundle], None] | None = None,
+        delivery: Delivery | None = None,
     ) -> None:
         self.settings = settings
         self.transport = transport
@@ -102,6 +117,11 @@ class Detector:
         self.metrics = metrics or Metrics()
         self.policy = policy or Policy()
         self.archive = archive
+        self.monitor = monitor
+        self.delivery = delivery or make_delivery(settings, transport)
+        self.backpressure = Backpressure(transport, self.metrics.paused)
+        self.memory = MemoryWatchdog(settings.limits.max_rss_mb)
+        self._stop = threading.Event()
         self.adapters: dict[str, FormatAdapter] = {}
         self.vectorizer = self._vectorizer(models.active, None)
         self.metrics.set_model(models.active.bundle.version)
@@ -109,33 +129,43 @@ class Detector:
         self.last_record_at = time.monotonic()
         self._first_batch_at: float | None = None
         self._last_batch_done_at = 0.0
+        # CPU seconds of the whole process (all threads) at the same two moments.
+        self._first_batch_cpu = self._last_batch_cpu = 0.0
         self._grand: defaultdict[str, int] = defaultdict(int)
         self._totals: defaultdict[str, float] = defaultdict(float)
         self._summary_at = time.monotonic()
         self._score_window: list[npt.NDArray[np.float64]] = []
+        self._stage_seconds: defaultdict[str, float] = defaultdict(float)
 
     def run(self, stop: threading.Event) -> None:
-        """Process batches until ``stop`` is set; the batch in hand is finished."""
-        backoff = 0.5
+        """Process batches until ``stop`` is set; the batch in hand is finished
+        (unless it cannot be delivered: it is then left to be read again)."""
+        self._stop = stop
         while not stop.is_set():
             self.alive_at = time.monotonic()
             self._maybe_swap_model()
+            self._watch_memory()
+            fetch_started = time.perf_counter()
             messages = self.transport.poll(
                 self.settings.consumer.max_batch_records, self.settings.consumer.max_batch_wait_ms
             )
             if not messages:
                 self._maybe_summarise()
                 continue
+            if self._first_batch_at is not None:  # not the wait for the very first record
+                self._observe_stage("fetch", time.perf_counter() - fetch_started)
             self.last_record_at = time.monotonic()
+            self._count_consumed(messages)
             if self._first_batch_at is None:
                 self._first_batch_at = self.last_record_at
+                self._first_batch_cpu = time.process_time()
             try:
                 report = self.process(messages)
-            except (DeliveryError, TransportError) as exc:
-                self._retry_later(messages, exc, backoff, stop)
-                backoff = min(backoff * 2, 30.0)
+            except TransportError as exc:  # stopping while retrying, or not retriable
+                if not exc.retriable:
+                    raise
+                self.transport.rewind(first_offsets(messages))
                 continue
-            backoff = 0.5
             self._account(report)
             self._maybe_summarise()
         self._final_summary()
@@ -166,13 +196,12 @@ class Detector:
             result = active.scorer.score(vectors.matrix)
         with self._timed(report, "decide"):
             alerts, suppressed = self.decide(messages, decoded.batch, vectors, result, active)
-        with self._timed(report, "produce"):
-            self.publish(messages, alerts, decoded.rejects)
-        with self._timed(report, "commit"):
-            self.commit(messages)
+        self.publish(messages, alerts, decoded.rejects, report)
         if self.archive is not None:
             below = result.scores < active.bundle.threshold
             self.archive(decoded.batch.take(below), result.scores[below], active.bundle.version)
+        if self.monitor is not None:
+            self.monitor(vectors, result.scores, active.bundle)
         report.scored = len(decoded.batch)
         report.alerts = len(alerts)
         report.dead_letters = len(decoded.rejects)
@@ -258,19 +287,23 @@ class Detector:
         kept = [a for a, w in zip(alerts, withheld, strict=True) if not w]
         return kept, len(alerts) - len(kept)
 
-    def publish(self, messages: list[Message], alerts: list[Alert], rejects: list[Reject]) -> None:
-        """Produce alerts and dead letters, then wait for every acknowledgement."""
-        topics = self.settings.topics
-        for alert in alerts:
-            self.transport.produce(topics.alerts, _encode(alert.document), alert.key)
-        for reject in rejects:
-            message = messages[reject.position]
-            headers = deadletters.headers_for(message, reject.reason)
-            self.transport.produce(topics.dead_letters, message.value or b"", message.key, headers)
-        self.transport.flush(self.settings.producer.flush_timeout_s)
+    def publish(
+        self,
+        messages: list[Message],
+        alerts: list[Alert],
+        rejects: list[Reject],
+        report: BatchReport | None = None,
+    ) -> None:
+        """Deliver alerts, dead letters and offsets (timed as ``produce`` and
+        ``commit``), retrying until the broker has them, then count them."""
+        outgoing = self._outgoing(messages, alerts, rejects)
+        self._deliver(outgoing, self._offsets(messages), report or BatchReport())
         acknowledged = time.time()
         for alert in alerts:
             self.metrics.alert_latency.observe(max(acknowledged - alert.timestamp_ms / 1000, 0.0))
+        severities = Counter(str(a.document["netfraud"]["severity"]) for a in alerts)
+        for severity, count in severities.items():
+            self.metrics.alerts.labels(severity=severity).inc(count)
         for reject in rejects:
             message = messages[reject.position]
             kind = deadletters.reason_kind(reject.reason)
@@ -283,31 +316,94 @@ class Detector:
                 reason=reject.reason,
             )
 
-    def commit(self, messages: list[Message]) -> None:
-        """Commit the offset after the last message of each partition.
+    def _outgoing(
+        self, messages: list[Message], alerts: list[Alert], rejects: list[Reject]
+    ) -> list[Outgoing]:
+        """The batch's alerts and dead letters as messages to publish."""
+        topics = self.settings.topics
+        out = []
+        for alert in alerts:
+            where = alert.document["netfraud"]["provenance"]
+            origin = (str(where["topic"]), int(where["partition"]))
+            out.append(Outgoing(topics.alerts, _encode(alert.document), alert.key, None, origin))
+        for reject in rejects:
+            m = messages[reject.position]
+            value, headers = deadletters.letter(m, reject.reason)
+            out.append(Outgoing(topics.dead_letters, value, m.key, headers, (m.topic, m.partition)))
+        return out
 
-        A partition still re-reading for warm-up is not committed: its
-        committed offset is already ahead.
+    def _offsets(self, messages: list[Message]) -> dict[TopicPartition, int]:
+        """The offset after the last message of each partition, to commit.
+
+        A partition still re-reading for warm-up is left out: its committed
+        offset is already ahead.
         """
         marks = self.transport.warm_until()
-        offsets = {tp: o for tp, o in next_offsets(messages).items() if o > marks.get(tp, -1)}
-        if not offsets:
-            return
-        try:
-            self.transport.commit(offsets)
-        except Exception as exc:  # the batch will be read again by the partition's owner
-            self.metrics.commit_failures.inc()
-            log.warning("commit_failed", error=str(exc))
+        return {tp: o for tp, o in next_offsets(messages).items() if o > marks.get(tp, -1)}
 
-    def _retry_later(
-        self, messages: list[Message], exc: Exception, backoff: float, stop: threading.Event
+    def _deliver(
+        self, outgoing: list[Outgoing], offsets: dict[TopicPartition, int], report: BatchReport
     ) -> None:
+        """Hand the batch to the delivery strategy until it is durable.
+
+        Consumption stays paused while it is not, so that records wait in
+        Kafka rather than here.
+
+        Raises:
+            TransportError: Not retriable, or ``stop`` was set first.
+        """
+        backoff, attempt = RETRY_FIRST_S, 0
+        while True:
+            try:
+                committed = self.delivery.publish_and_commit(
+                    outgoing, offsets, partial(self._timed, report), attempt
+                )
+                break
+            except TransportError as exc:
+                if not exc.retriable or self._stop.is_set():
+                    raise
+                self._wait_to_retry(exc, backoff, len(outgoing), attempt)
+            backoff, attempt = min(backoff * 2, RETRY_MAX_S), attempt + 1
+        self.backpressure.release("delivery")
+        if not committed:
+            self.metrics.commit_failures.inc()
+
+    def _wait_to_retry(self, exc: Exception, backoff: float, messages: int, attempt: int) -> None:
         self.metrics.produce_failures.inc()
         log.warning(
-            "batch_not_delivered", error=str(exc), retry_in_s=backoff, records=len(messages)
+            "batch_not_delivered",
+            error=str(exc),
+            retry_in_s=backoff,
+            messages=messages,
+            attempt=attempt + 1,
+            delivery=self.delivery.name,
         )
-        self.transport.rewind(first_offsets(messages))
-        stop.wait(backoff)
+        self.backpressure.hold("delivery")
+        self.alive_at = time.monotonic()  # retrying is alive, not stuck
+        deadline = time.monotonic() + backoff
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            self._keep_membership()
+
+    def _keep_membership(self) -> None:
+        """Poll while paused: no records come, but the consumer stays in its
+        group and takes part in a rebalance (after which the batch in hand is
+        published only for the partitions still owned)."""
+        stray = self.transport.poll(self.settings.consumer.max_batch_records, 0)
+        if stray:  # a transport that does not pause: read these again later
+            self.transport.rewind(first_offsets(stray))
+
+    def _watch_memory(self) -> None:
+        """Pause fetching while resident memory is over ``limits.max_rss_mb``."""
+        if self.memory.over():
+            self.backpressure.hold(
+                "memory", rss_mb=self.memory.last_mb, limit_mb=self.memory.limit_mb
+            )
+        else:
+            self.backpressure.release("memory")
+
+    def _count_consumed(self, messages: list[Message]) -> None:
+        for topic, count in Counter(m.topic for m in messages).items():
+            self.metrics.records_consumed.labels(topic=topic).inc(count)
 
     def _maybe_swap_model(self) -> None:
         fresh = self.models.poll()
@@ -316,10 +412,11 @@ class Detector:
             self.vectorizer = self._vectorizer(fresh, self.vectorizer.context)
             self.metrics.set_model(fresh.bundle.version)
 
-    def _vectorizer(self, active: Active, context: FlowContext | None) -> FlowVectorizer:
-        spec = active.bundle.spec
-        if context is None or context.windows != spec.windows:
-            c = self.settings.context
+    def _vectorizer(self, active: Active, context: Any) -> Vectorizer:
+        spec, c = active.bundle.spec, self.settings.context
+        if spec.record == "packet":
+            return PacketVectorizer.reuse(spec, context, c.max_keys, c.idle_timeout_s)
+        if not isinstance(context, FlowContext) or context.windows != spec.windows:
             context = FlowContext(spec.windows, c.max_keys, c.idle_timeout_s)
         return FlowVectorizer(spec, context)
 
@@ -338,6 +435,10 @@ class Detector:
         yield
         elapsed = time.perf_counter() - start
         report.seconds[stage] = elapsed
+        self._observe_stage(stage, elapsed)
+
+    def _observe_stage(self, stage: str, elapsed: float) -> None:
+        self._stage_seconds[stage] += elapsed
         self.metrics.batch_seconds.labels(stage=stage).observe(elapsed)
 
     def _account(self, report: BatchReport) -> None:
@@ -352,13 +453,26 @@ class Detector:
                 m.score.observe(float(ratio))
             self._score_window.append(ratios)
         self._last_batch_done_at = time.monotonic()
+        self._last_batch_cpu = time.process_time()
         for key in ("records", "scored", "alerts", "dead_letters", "skipped", "suppressed"):
             self._totals[key] += getattr(report, key)
             self._grand[key] += getattr(report, key)
 
     def _final_summary(self) -> None:
         busy = self._last_batch_done_at - (self._first_batch_at or self._last_batch_done_at)
-        log.info("final_summary", busy_seconds=round(busy, 3), **self._grand)
+        # Wall-clock bounds of the busy span, so that several workers' spans can
+        # be joined, and where the time went (stage -> seconds; fetch is the
+        # time spent in poll after the first batch).
+        wall = time.time() - time.monotonic()
+        log.info(
+            "final_summary",
+            busy_seconds=round(busy, 3),
+            busy_from=round(wall + (self._first_batch_at or self._last_batch_done_at), 3),
+            busy_until=round(wall + self._last_batch_done_at, 3),
+            busy_cpu_seconds=round(max(self._last_batch_cpu - self._first_batch_cpu, 0.0), 3),
+            stage_seconds={k: round(v, 3) for k, v in self._stage_seconds.items()},
+            **self._grand,
+        )
 
     def _maybe_summarise(self) -> None:
         now = time.monotonic()

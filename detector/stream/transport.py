@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 Headers = list[tuple[str, bytes]]
 TopicPartition = tuple[str, int]
@@ -79,4 +79,33 @@ class Transport(Protocol):
 
     def close(self) -> None:
         """Leave the group and release connections."""
+        ...
+
+
+@runtime_checkable
+class Transactional(Transport, Protocol):
+    """A transport that can publish a batch and its offsets in one transaction
+    (``delivery.mode = "exactly-once"``).
+
+    Messages produced between :meth:`begin_transaction` and
+    :meth:`commit_transaction` become visible to ``read_committed`` readers
+    together with the committed offsets, or not at all.
+    """
+
+    def begin_transaction(self) -> None:
+        """Start a transaction; :meth:`produce` calls join it."""
+        ...
+
+    def commit_transaction(self, offsets: Mapping[TopicPartition, int], timeout_s: float) -> None:
+        """Wait for the produced messages, add ``offsets`` for the consumer
+        group, and commit.
+
+        Raises:
+            DeliveryError: Not committed; call :meth:`abort_transaction`.
+            FencedError: Another instance took over this transactional id.
+        """
+        ...
+
+    def abort_transaction(self) -> None:
+        """Discard the open transaction's messages and offsets."""
         ...

@@ -78,6 +78,8 @@ def run_demo(settings: Settings, workdir: Path, records: int) -> int:
             "json",
             "--dead-letter-topic",
             f"demo.dead-letters.{run}",
+            "--archive-dir",
+            str(workdir / "archive"),
         ],
         settings,
         log,
@@ -86,8 +88,20 @@ def run_demo(settings: Settings, workdir: Path, records: int) -> int:
     alerts = [value for _, _, value in read_topic(settings, alerts_topic)]
     summary = score_alerts(read_topic(settings, topic), alerts, busy)
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    _write_settings(workdir)
     _report(summary, alerts)
     return 0
+
+
+def _write_settings(workdir: Path) -> None:
+    """Leave ``netfraud.toml`` naming the demo's registry and archive, for retraining."""
+    root = workdir.resolve()
+    (workdir / "netfraud.toml").write_text(
+        "# Written by `netfraud demo`. Retrain its model on the archived stream with\n"
+        f"#   netfraud retrain --config {root / 'netfraud.toml'}   (or: make retrain)\n"
+        f'[model]\nregistry = "{root / "models"}"\n\n'
+        f'[archive]\npath = "{root / "archive"}"\n'
+    )
 
 
 def _write(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -182,19 +196,26 @@ def _report(summary: dict[str, Any], alerts: list[dict[str, Any]]) -> None:
     pairs: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for a in alerts:
         pairs.setdefault((a["source"]["ip"], a["destination"]["ip"]), []).append(a)
-    ranked = sorted(pairs.values(), key=lambda g: (-max(a["event"]["risk_score"] for a in g), -len(g)))
+    ranked = sorted(
+        pairs.values(), key=lambda g: (-max(a["event"]["risk_score"] for a in g), -len(g))
+    )
     view = Table(title="top alerts, one row per source → destination")
     for column in ("first seen", "severity", "source → destination", "alerts", "risk", "why"):
         view.add_column(column)
     for group in ranked[:10]:
         a = max(group, key=lambda x: x["event"]["risk_score"])
         n = a["netfraud"]
-        why = "; ".join(f"{r['label']}: {_short(r['observed'])} (expected {_short(r['expected'])})"
-                        for r in n["reasons"][:2])
+        why = "; ".join(
+            f"{r['label']}: {_short(r['observed'])} (expected {_short(r['expected'])})"
+            for r in n["reasons"][:2]
+        )
         view.add_row(
-            min(x["@timestamp"] for x in group)[11:19], n["severity"],
+            min(x["@timestamp"] for x in group)[11:19],
+            n["severity"],
             f"{a['source']['ip']} → {a['destination']['ip']}:{a['destination'].get('port', '')}",
-            str(len(group)), f"{a['event']['risk_score']:.0f}", why,
+            str(len(group)),
+            f"{a['event']['risk_score']:.0f}",
+            why,
         )
     console.print(view)
 

@@ -82,8 +82,8 @@ class Generator:
         elif p.name == "dns":
             dst, out, back = (
                 f"10.0.0.{2 + rng.integers(2)}",
-                rng.integers(38, 80),
-                rng.integers(60, 320),
+                float(rng.integers(38, 80)),
+                float(rng.integers(60, 320)),
             )
             duration = rng.exponential(0.02)
         elif p.name == "ssh":
@@ -305,4 +305,4 @@ def _daily_times(
 def _zipf(n: int, exponent: float, rng: np.random.Generator) -> npt.NDArray[np.float64]:
     weights = 1.0 / np.arange(1, n + 1) ** exponent
     rng.shuffle(weights)
-    return weights / weights.sum()
+    return np.asarray(weights / weights.sum(), dtype=np.float64)

@@ -11,10 +11,13 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from features.records import REQUIRED_FIELDS, FlowBatch, Reject
+from features.records import REQUIRED_FIELDS, STRING_FIELDS, FlowBatch, Reject
 
 #: A timestamp further than this ahead of the wall clock is refused.
 MAX_CLOCK_SKEW_S = 86_400.0
+#: A text field longer than this is refused: no address, service or state is
+#: this long, and it would make the alert too large to publish.
+MAX_TEXT_CHARS = 256
 
 
 @dataclass
@@ -91,6 +94,12 @@ def validate(batch: FlowBatch, now: float | None = None) -> Decoded:
     limit = (time.time() if now is None else now) + MAX_CLOCK_SKEW_S
     with np.errstate(invalid="ignore"):
         flag(batch.num("ts") > limit, "field 'ts' is more than a day in the future")
+    for name in STRING_FIELDS:
+        too_long = [isinstance(v, str) and len(v) > MAX_TEXT_CHARS for v in batch.columns[name]]
+        flag(
+            np.array(too_long, dtype=bool),
+            f"field '{name}' is longer than {MAX_TEXT_CHARS} characters",
+        )
     for name in ("src_ip", "dst_ip"):
         flag(~_valid_addresses(batch.columns[name]), f"field '{name}' is not an IP address")
 
@@ -111,6 +120,9 @@ def _valid_addresses(column: npt.NDArray[np.generic]) -> npt.NDArray[np.bool_]:
     for i, value in enumerate(column):
         if value is None:
             continue  # absence is the required-field check's business
+        if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
+            out[i] = False  # refused for its length; not worth a cache entry
+            continue
         ok = _ADDRESS_CACHE.get(value)
         if ok is None:
             try:

@@ -27,6 +27,13 @@ pytestmark = pytest.mark.integration
 SERVE_TIMEOUT_S = 300
 
 
+@pytest.fixture(autouse=True, params=["kafka-python", "confluent"])
+def client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every scenario runs with each Kafka client (serve reads NETFRAUD_KAFKA__CLIENT)."""
+    monkeypatch.setenv("NETFRAUD_KAFKA__CLIENT", request.param)
+    return str(request.param)
+
+
 def _finish(proc: Any, timeout: float = SERVE_TIMEOUT_S) -> str:
     """Wait for a serve process to exit by itself; return its log."""
     try:

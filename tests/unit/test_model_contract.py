@@ -68,7 +68,8 @@ def test_training_is_deterministic_under_a_seed() -> None:
     a = train_bundle(batch, None, SMALL, TrainOptions(device="cpu", seed=9))
     b = train_bundle(batch, None, SMALL, TrainOptions(device="cpu", seed=9))
     assert a.threshold == b.threshold
-    for (name, wa), wb in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
+    weights_b = b.model.state_dict().values()
+    for (name, wa), wb in zip(a.model.state_dict().items(), weights_b, strict=True):
         assert np.array_equal(wa.numpy(), wb.numpy()), name
 
 
@@ -78,7 +79,7 @@ def test_corrupted_bundle_is_refused(bundle: Bundle, tmp_path: Path) -> None:
     weights = bytearray((path / "weights.pt").read_bytes())
     weights[len(weights) // 2] ^= 0xFF
     (path / "weights.pt").write_bytes(bytes(weights))
-    with pytest.raises(BundleError, match="checksum of weights.pt"):
+    with pytest.raises(BundleError, match=r"checksum of weights\.pt"):
         Bundle.load(path)
 
 
@@ -87,8 +88,14 @@ def test_registry_promotes_atomically_and_rolls_back(bundle: Bundle, tmp_path: P
     registry = Registry(tmp_path)
     registry.publish(bundle)
     registry.promote(bundle.version)
-    other = Bundle(bundle.version + "-b", bundle.spec, bundle.model, bundle.error_scale,
-                   bundle.calibration, bundle.metadata)
+    other = Bundle(
+        bundle.version + "-b",
+        bundle.spec,
+        bundle.model,
+        bundle.error_scale,
+        bundle.calibration,
+        bundle.metadata,
+    )
     registry.publish(other)
     registry.promote(other.version)
     assert registry.current() == other.version

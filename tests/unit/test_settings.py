@@ -38,7 +38,7 @@ def test_unknown_key_in_file_is_named_with_known_keys(tmp_path: Path) -> None:
 
 def test_unknown_environment_variable_is_named() -> None:
     """A NETFRAUD_ variable that maps to no setting is an error naming it."""
-    with pytest.raises(ConfigError, match="consumer.groupid"):
+    with pytest.raises(ConfigError, match=r"consumer\.groupid"):
         load_settings(environ={"NETFRAUD_CONSUMER__GROUPID": "x"})
 
 
