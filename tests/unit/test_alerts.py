@@ -14,12 +14,30 @@ from detector.stream.alerts import SCHEMA_PATH, Origin, build_alert, event_id
 def _alert(offset: int = 7, version: str = "v1") -> dict[str, object]:
     return build_alert(
         origin=Origin("flows", 2, offset, "netfraud"),
-        row={"ts": 1767657600.5, "src_ip": "10.0.0.9", "dst_ip": "10.0.1.20", "src_port": 50000.0,
-             "dst_port": 22.0, "proto": 6.0, "service": "ssh"},
-        score=12.5, threshold=3.0, severity="high", risk=81.0,
-        reasons=[{"name": "dst_ports_10s", "label": "new destination ports in 10s",
-                  "observed": 412.0, "expected": 3.0, "share": 0.61}],
-        model_version=version, warming_up=False,
+        row={
+            "ts": 1767657600.5,
+            "src_ip": "10.0.0.9",
+            "dst_ip": "10.0.1.20",
+            "src_port": 50000.0,
+            "dst_port": 22.0,
+            "proto": 6.0,
+            "service": "ssh",
+        },
+        score=12.5,
+        threshold=3.0,
+        severity="high",
+        risk=81.0,
+        reasons=[
+            {
+                "name": "dst_ports_10s",
+                "label": "new destination ports in 10s",
+                "observed": 412.0,
+                "expected": 3.0,
+                "share": 0.61,
+            }
+        ],
+        model_version=version,
+        warming_up=False,
     )
 
 
