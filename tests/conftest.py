@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -15,19 +14,6 @@ from kafka_fixtures import (  # noqa: F401
     pytest_runtest_makereport,
     topic_factory,
 )
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-
-
-def shared_path(relative: str) -> Path:
-    """A file under ../shared; skip without it, except under CI=true (fail)."""
-    path = SHARED / relative
-    if not path.exists():
-        reason = f"{path} not found: the shared datasets sit beside the checkout"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason + " (CI=true, so this fails instead of skipping)")
-        pytest.skip(reason)
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,23 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
 ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+def shared_path(relative: str) -> Path:
+    """A file under ../shared; skip without it, except under CI=true (fail)."""
+    path = SHARED / relative
+    if not path.exists():
+        reason = f"{path} not found: the shared datasets sit beside the checkout"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason + " (CI=true, so this fails instead of skipping)")
+        pytest.skip(reason)
+    return path
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> Path:

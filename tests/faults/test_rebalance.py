@@ -41,7 +41,9 @@ SESSION_TIMEOUT_S = 10.0  # the default consumer.session_timeout_ms
 #: Above the session timeout: the rejoin, the assignment and the warm-up of a
 #: taken-over partition (context re-read) on two shared cores.
 MARGIN_S = 12.0
-CHOSEN = ("cooperative-sticky", False)
+CHOSEN = ("range", False)  # measured: see docs/operating.md
+#: With static membership, a session timeout longer than a restart takes.
+STATIC_SESSION_MS = 30_000
 compare = pytest.mark.skipif(
     os.environ.get("FAULTS_COMPARE") != "1", reason="FAULTS_COMPARE=1 measures every strategy"
 )
@@ -125,8 +127,16 @@ def _assigned(server: Server) -> bool:
 
 
 def _scenario(
-    kafka_broker: Any, registry: Path, tmp_path: Path, strategy: str, static: bool
+    kafka_broker: Any,
+    registry: Path,
+    tmp_path: Path,
+    strategy: str,
+    static: bool,
+    fault: str = "kill",
 ) -> tuple[Figures, dict[str, float], list[list[set[int]]]]:
+    """Two members, records arriving at RATE; at 12 s member a is SIGKILLed
+    (back at 36 s), or for ``fault="restart"`` stopped with SIGTERM and
+    started again at once (a rolling restart)."""
     bootstrap = kafka_broker.bootstrap
     topic, alerts, clean = unique("scale"), unique("scale-alerts"), unique("scale-clean")
     dead, group = unique("scale-dlq"), unique("scale")
@@ -137,6 +147,7 @@ def _scenario(
         server.env = {"NETFRAUD_CONSUMER__ASSIGNMENT_STRATEGY": strategy}
         if static:
             server.env["NETFRAUD_CONSUMER__GROUP_INSTANCE_ID"] = f"{group}-{name}"
+            server.env["NETFRAUD_CONSUMER__SESSION_TIMEOUT_MS"] = str(STATIC_SESSION_MS)
         servers.append(server.start())
     a, b = servers
     watch = StallWatch(bootstrap, group, topic)
@@ -149,10 +160,15 @@ def _scenario(
         began = time.monotonic()
         for produced in _paced(bootstrap, topic, stop):  # noqa: B007 - the count is kept
             elapsed = time.monotonic() - began
-            if "killed" not in timeline and elapsed > 12:
+            if fault == "restart" and "restarted" not in timeline and elapsed > 12:
+                timeline["stopped"] = elapsed
+                a.stop()
+                a.start()
+                timeline["restarted"] = time.monotonic() - began
+            elif fault == "kill" and "killed" not in timeline and elapsed > 12:
                 a.kill()
                 timeline["killed"] = elapsed
-            elif "restarted" not in timeline and elapsed > 36:
+            elif fault == "kill" and "restarted" not in timeline and elapsed > 36:
                 a.start()
                 timeline["restarted"] = elapsed
         caught_up = wait_until(lambda: all_committed(bootstrap, group, topic), 300, 1.0)
@@ -170,7 +186,7 @@ def _scenario(
     seen = alert_keys(read_messages(bootstrap, alerts))
     stalls = {str(p): round(s, 1) for p, s in sorted(watch.longest.items())}
     figures = Figures(
-        f"rebalance/{strategy}{'+static' if static else ''}",
+        f"{fault}/{strategy}{'+static' if static else ''}",
         produced,
         expected,
         seen,
@@ -205,4 +221,22 @@ def test_survivor_takes_over_and_nothing_is_lost(
     assert any(0 < len(owned) < PARTITIONS for owned in b_life[took_over:]), b_life
     assert len(a) == 2 and any(a[1]), f"a did not get partitions back: {a}"
     assert max(longest.values()) < SESSION_TIMEOUT_S + MARGIN_S, longest
+    assert not figures.lost, sorted(figures.lost)[:20]
+
+
+@compare
+@pytest.mark.parametrize("static", [False, True])
+def test_rolling_restart(
+    kafka_broker: Any, model_registry: Path, tmp_path: Path, static: bool
+) -> None:
+    """SIGTERM and an immediate restart of one member: with static membership
+    (and a session timeout longer than the restart) no partition moves."""
+    figures, _, (_, b) = _scenario(
+        kafka_broker, model_registry, tmp_path, CHOSEN[0], static, fault="restart"
+    )
+
+    (b_life,) = b
+    moved = any(len(owned) > 2 for owned in b_life)
+    print(f"[restart/{'static' if static else 'dynamic'}] b_took_a_partitions={moved}")
+    assert moved is not static
     assert not figures.lost, sorted(figures.lost)[:20]

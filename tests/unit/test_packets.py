@@ -14,7 +14,7 @@ from typing import Any
 import dpkt
 import numpy as np
 import pytest
-from conftest import shared_path
+from helpers import shared_path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import shared_path
-from helpers import write_jsonl
+from helpers import shared_path, write_jsonl
 
 from detector.cli import main
 from detector.tools.generate import DEFAULT_START, generate

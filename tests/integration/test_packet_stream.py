@@ -10,8 +10,7 @@ from typing import Any
 
 import jsonschema
 import pytest
-from conftest import shared_path
-from helpers import ROOT, caught_up, committed, end_offsets, read_all, serve
+from helpers import ROOT, caught_up, committed, end_offsets, read_all, serve, shared_path
 
 from detector.stream.alerts import SCHEMA_PATH
 from detector.tools.pcap import CaptureCounts, read_packets
