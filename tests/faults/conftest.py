@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,12 +23,19 @@ from harness import (
 from kafka_fixtures import START_TIMEOUT_S, localkafka
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test under tests/faults carries the ``faults`` marker."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test under tests/faults carries the ``faults`` marker; the
+    strategy comparisons (marker ``compare``) run only with FAULTS_COMPARE=1."""
     here = Path(__file__).parent
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.faults)
+    if os.environ.get("FAULTS_COMPARE") == "1":
+        return
+    dropped = [item for item in items if item.get_closest_marker("compare")]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if not item.get_closest_marker("compare")]
 
 
 @pytest.fixture(scope="session")

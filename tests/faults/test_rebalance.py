@@ -10,7 +10,6 @@ figures behind "Scaling and rebalancing" in docs/operating.md).
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -44,9 +43,9 @@ MARGIN_S = 12.0
 CHOSEN = ("range", False)  # measured: see docs/operating.md
 #: With static membership, a session timeout longer than a restart takes.
 STATIC_SESSION_MS = 30_000
-compare = pytest.mark.skipif(
-    os.environ.get("FAULTS_COMPARE") != "1", reason="FAULTS_COMPARE=1 measures every strategy"
-)
+#: The strategy comparison is a measurement, not a guarantee: it is left out of
+#: the default run (deselected, not skipped) and run with FAULTS_COMPARE=1.
+compare = pytest.mark.compare
 
 
 @dataclass(eq=False)  # a thread must stay hashable
