@@ -59,6 +59,16 @@ class FormatAdapter(Protocol):
         ...
 
 
+def one_object_per_line(joined: bytes, n: int) -> bool:
+    """Tell whether newline-joined values can be decoded in one pass, one object each.
+
+    True when each of the ``n`` values joined by ``\\n`` starts with ``{`` and
+    none holds a line break: decoding the lines then yields one object per
+    value, or fails, in which case the values are decoded one by one.
+    """
+    return joined[:1] == b"{" and joined.count(b"\n") == n - 1 == joined.count(b"\n{")
+
+
 def validate(batch: FlowBatch, now: float | None = None) -> Decoded:
     """Apply the checks every format shares, column-wise.
 

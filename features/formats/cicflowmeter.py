@@ -53,7 +53,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from features.formats import register
-from features.formats.base import Decoded, validate
+from features.formats.base import Decoded, one_object_per_line, validate
 from features.formats.zeek import (
     LineFormat,
     merge,
@@ -485,7 +485,7 @@ def _json_objects(
     """Decode every value as a JSON object; failures get a reason."""
     reasons: ObjectArray = np.full(len(values), None, dtype=object)
     joined = b"\n".join(values)
-    if _one_object_per_line(joined, len(values)):
+    if one_object_per_line(joined, len(values)):
         try:
             many = _OBJECT.decode_lines(joined)
             if len(many) == len(values):
@@ -552,16 +552,6 @@ def _object_array(values: Sequence[object]) -> ObjectArray:
     out: ObjectArray = np.empty(len(values), dtype=object)
     out[:] = list(values)
     return out
-
-
-def _one_object_per_line(joined: bytes, n: int) -> bool:
-    """Tell whether ``decode_lines`` on ``joined`` keeps the values apart.
-
-    True when each of the ``n`` newline-joined values starts with ``{`` and
-    none holds a line break: each line then yields at least one object, so
-    ``n`` objects mean exactly one per value.
-    """
-    return joined[:1] == b"{" and joined.count(b"\n") == n - 1 == joined.count(b"\n{")
 
 
 register("cicflowmeter", CicFlowMeter)

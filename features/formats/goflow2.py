@@ -37,7 +37,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from features.formats import register
-from features.formats.base import Decoded, validate
+from features.formats.base import Decoded, one_object_per_line, validate
 from features.records import (
     FloatArray,
     FlowBatch,
@@ -144,7 +144,7 @@ def _decode_all(
 ) -> tuple[list[GoflowRecord | None], list[Reject]]:
     """Decode every value; rejected ones are ``None``, with a reason."""
     joined = b"\n".join(values)
-    if _one_object_per_line(joined, len(values)):
+    if one_object_per_line(joined, len(values)):
         try:
             many = _ONE.decode_lines(joined)
             if len(many) == len(values):
@@ -254,16 +254,6 @@ def _protocols(column: ObjectArray) -> FloatArray:
     codes, uniques = pd.factorize(column)
     table = np.array([*(protocol_number(u) for u in uniques), np.nan])
     return table[codes]
-
-
-def _one_object_per_line(joined: bytes, n: int) -> bool:
-    """Tell whether ``decode_lines`` on ``joined`` keeps the values apart.
-
-    True when each of the ``n`` newline-joined values starts with ``{`` and
-    none holds a line break: each line then yields at least one object, so
-    ``n`` objects mean exactly one per value.
-    """
-    return joined[:1] == b"{" and joined.count(b"\n") == n - 1 == joined.count(b"\n{")
 
 
 register("goflow2", Goflow2Json)

@@ -39,7 +39,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from features.formats import register
-from features.formats.base import Decoded, validate
+from features.formats.base import Decoded, one_object_per_line, validate
 from features.records import (
     FloatArray,
     FlowBatch,
@@ -150,7 +150,7 @@ def _decode_all(
 ) -> tuple[list[NprobeRecord | None], list[Reject]]:
     """Decode every value; rejected ones are ``None``, with a reason."""
     joined = b"\n".join(values)
-    if _one_object_per_line(joined, len(values)):
+    if one_object_per_line(joined, len(values)):
         try:
             many = _ONE.decode_lines(joined)
             if len(many) == len(values):
@@ -278,16 +278,6 @@ def _protocols(column: ObjectArray, reasons: ObjectArray) -> FloatArray:
     out = np.array([*(protocol_number(u) for u in uniques), np.nan])[codes]
     _flag(column, (codes >= 0) & np.isnan(out), "PROTOCOL", "a protocol", reasons)
     return out
-
-
-def _one_object_per_line(joined: bytes, n: int) -> bool:
-    """Tell whether ``decode_lines`` on ``joined`` keeps the values apart.
-
-    True when each of the ``n`` newline-joined values starts with ``{`` and
-    none holds a line break: each line then yields at least one object, so
-    ``n`` objects mean exactly one per value.
-    """
-    return joined[:1] == b"{" and joined.count(b"\n") == n - 1 == joined.count(b"\n{")
 
 
 register("nprobe", NprobeJson)

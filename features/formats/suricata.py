@@ -45,7 +45,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from features.formats import register
-from features.formats.base import Decoded, validate
+from features.formats.base import Decoded, one_object_per_line, validate
 from features.formats.zeek import parse_times
 from features.records import (
     FloatArray,
@@ -163,7 +163,7 @@ _SKIP: Final = EveEvent(event_type="")
 def _decode_all(values: Sequence[bytes]) -> tuple[list[EveEvent | None], list[Reject]]:
     """Decode every event; rejected ones are ``None``, with a reason."""
     joined = b"\n".join(values)
-    if _one_object_per_line(joined, len(values)):
+    if one_object_per_line(joined, len(values)):
         try:
             many = _ONE.decode_lines(joined)
             if len(many) == len(values):
@@ -345,16 +345,6 @@ def _services(column: ObjectArray) -> ObjectArray:
 def _clip(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _one_object_per_line(joined: bytes, n: int) -> bool:
-    """Tell whether ``decode_lines`` on ``joined`` keeps the values apart.
-
-    True when each of the ``n`` newline-joined values starts with ``{`` and
-    none holds a line break: each line then yields at least one object, so
-    ``n`` objects mean exactly one per value.
-    """
-    return joined[:1] == b"{" and joined.count(b"\n") == n - 1 == joined.count(b"\n{")
 
 
 register("suricata", SuricataEve)

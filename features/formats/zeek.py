@@ -71,7 +71,7 @@ import pyarrow.compute as pc  # type: ignore[import-untyped]
 import pyarrow.csv as pacsv  # type: ignore[import-untyped]
 
 from features.formats import register
-from features.formats.base import Decoded, validate
+from features.formats.base import Decoded, one_object_per_line, validate
 from features.formats.datasets import LabelledTable
 from features.records import (
     FloatArray,
@@ -811,7 +811,7 @@ def _json_records(
     """Decode every value; rejected ones are ``None`` with a reason."""
     reasons: ObjectArray = np.full(len(values), None, dtype=object)
     joined = b"\n".join(values)
-    if _one_object_per_line(joined, len(values)):
+    if one_object_per_line(joined, len(values)):
         try:
             many = _ONE.decode_lines(joined)
             if len(many) == len(values):
@@ -829,16 +829,6 @@ def _json_records(
             records.append(None)
             reasons[i] = f"not valid JSON: {_clip(str(exc))}"
     return records, reasons
-
-
-def _one_object_per_line(joined: bytes, n: int) -> bool:
-    """Tell whether ``decode_lines`` on ``joined`` keeps the values apart.
-
-    True when each of the ``n`` newline-joined values starts with ``{`` and
-    none holds a line break: each line then yields at least one object, so
-    ``n`` objects mean exactly one per value.
-    """
-    return joined[:1] == b"{" and joined.count(b"\n") == n - 1 == joined.count(b"\n{")
 
 
 def _object_array(values: Sequence[object]) -> ObjectArray:
