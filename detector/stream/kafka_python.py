@@ -210,6 +210,7 @@ class KafkaPythonTransport:
                 )
             self.producer.commit_transaction()
             self._done.update(offsets)
+            self._advance(offsets)
         except kafka.errors.KafkaError as exc:
             raise self._transaction_error("commit", exc) from exc
 
@@ -247,6 +248,7 @@ class KafkaPythonTransport:
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         self._done.update(offsets)  # delivered, even if the commit below is refused
+        self._advance(offsets)
         self.consumer.commit(_offsets(offsets))
 
     def rewind(self, offsets: Mapping[TopicPartition, int]) -> None:
@@ -260,6 +262,15 @@ class KafkaPythonTransport:
 
     def warm_until(self) -> dict[TopicPartition, int]:
         return dict(self._warm_until)
+
+    def _advance(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Make sure a delivered batch is not read again: a rebalance while it
+        was being delivered resets kept partitions to their last commit."""
+        owned = set(self.consumer.assignment())
+        for (topic, partition), offset in offsets.items():
+            tp = KafkaTopicPartition(topic, partition)
+            if tp in owned and self.consumer.position(tp) < offset:
+                self.consumer.seek(tp, offset)
 
     def _resume_kept(self) -> set[KafkaTopicPartition]:
         """Move partitions that a rebalance handed straight back to where this

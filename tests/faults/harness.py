@@ -359,34 +359,72 @@ class Offsets:
         self.consumer.close()
 
 
+class OpenTransaction:
+    """Tells whether a transaction with messages in ``topic`` is open now: its
+    end offset is ahead of its last stable offset (what read_committed sees)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.tp = TopicPartition(topic, 0)
+        self.views = [
+            KafkaConsumer(bootstrap_servers=bootstrap, isolation_level=level)
+            for level in ("read_uncommitted", "read_committed")
+        ]
+
+    def __call__(self) -> bool:
+        end, stable = (view.end_offsets([self.tp])[self.tp] for view in self.views)
+        return bool(end > stable)
+
+    def close(self) -> None:
+        """Release the clients."""
+        for view in self.views:
+            view.close()
+
+
 def run_with_kills(
-    server: Server, total: int, points: Sequence[float], seed: int = 0
+    server: Server,
+    total: int,
+    points: Sequence[float],
+    seed: int = 0,
+    mid_transaction: bool = False,
 ) -> dict[str, Any]:
-    """Start ``server``, SIGKILL it once its commits pass each point (plus a
-    seeded fraction of a second, to land anywhere in a batch), restart it each
-    time, and let the last one run until the stream is done.
+    """Start ``server``, SIGKILL it once its commits pass each point, restart it
+    each time, and let the last one run until the stream is done.
+
+    The kill comes a seeded fraction of a second after the point, to land
+    anywhere in a batch; with ``mid_transaction``, as soon as a transaction
+    with alerts in it is open (within 3 s), to land between begin and commit.
 
     Returns:
-        Kill figures: how many, at which committed counts, seconds in all.
+        Kill figures: how many, at which committed counts, how many while a
+        transaction was open, seconds in all.
     """
-    began, at, rng = time.monotonic(), [], random.Random(seed)
+    began, at, rng, inside = time.monotonic(), [], random.Random(seed), 0
     offsets = Offsets(server.bootstrap)
+    open_now = OpenTransaction(server.bootstrap, server.alerts) if mid_transaction else None
     try:
         for point in points:
             server.start()
             target = int(point * total)
             reached = wait_until(partial(_passed, server, offsets, target), SERVE_TIMEOUT_S, 0.1)
             assert reached and server.alive(), f"serve stalled before {target}:\n{server.tail()}"
-            time.sleep(rng.uniform(0.0, 0.4))
+            if open_now is not None:
+                inside += wait_until(open_now, 3.0, 0.0)
+            else:
+                time.sleep(rng.uniform(0.0, 0.4))
             server.kill()
             at.append(offsets.progress(server.group, server.topic))
     finally:
         offsets.close()
+        if open_now is not None:
+            open_now.close()
     server.args = [*server.args, "--stop-after-idle", "4"]
     server.start()
     code = server.wait()
     assert code == 0, server.tail()
-    return {"kills": len(at), "killed_at": at, "seconds": round(time.monotonic() - began, 1)}
+    figures: dict[str, Any] = {"kills": len(at), "killed_at": at}
+    if mid_transaction:
+        figures["kills_inside_a_transaction"] = inside
+    return {**figures, "seconds": round(time.monotonic() - began, 1)}
 
 
 def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:

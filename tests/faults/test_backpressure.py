@@ -1,13 +1,17 @@
 """Backpressure: when alerts cannot be delivered, serve stops fetching, and its
-memory stays under ``limits.max_rss_mb``."""
+memory stays under ``limits.max_rss_mb``.
+
+The fault is an alerts topic that refuses every write (its
+``max.message.bytes`` below an alert's size) while the input stays readable:
+the alerts producer cannot deliver at all, and nothing else is wrong. (Freezing
+the broker with SIGSTOP also stops the fetches, so whether a batch is in hand
+when it freezes is a matter of timing.)
+"""
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +23,22 @@ from harness import (
     Stream,
     alert_keys,
     all_committed,
+    create_topics,
     metric,
     read_messages,
-    replay_on,
     rss_mb,
     scrape,
     summaries,
     unique,
 )
 from helpers import produce_file, wait_until
+from kafka import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType
 from kafka_fixtures import localkafka
 
 pytestmark = pytest.mark.integration
 LIMIT_MB = 1_024
-STOPPED_S = 15.0
+HELD_S = 15.0
 
 
 class Sampler(threading.Thread):
@@ -56,39 +62,52 @@ class Sampler(threading.Thread):
                 self.paused_seen = True
 
 
-def test_stopped_broker_pauses_consumption_and_memory_stays_bounded(
-    private_broker: Callable[..., Any],
+def _refuse_alerts(bootstrap: str, topic: str, refuse: bool) -> None:
+    """Make a topic refuse every alert (``max.message.bytes`` below an alert's
+    size) or take them again; reads of other topics are not affected."""
+    limit = "512" if refuse else "1048588"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": limit})]
+        )
+    finally:
+        admin.close()
+
+
+def test_unwritable_alerts_topic_pauses_consumption_and_memory_stays_bounded(
+    kafka_broker: Any,
     replayed_stream: Stream,
     model_registry: Path,
     tmp_path: Path,
 ) -> None:
-    """The broker frozen with SIGSTOP: the batch in hand is retried with
-    consumption paused (gauge and log), RSS stays under the ceiling, and once
-    the broker runs again every expected alert arrives."""
-    broker = private_broker()
-    topic = replay_on(broker.bootstrap, replayed_stream)
+    """The alerts topic refuses writes for the first 15 s while the input can
+    be read: the batch in hand waits with consumption paused (gauge and log),
+    nothing is committed meanwhile, RSS stays under the ceiling, and once the
+    topic takes writes again every expected alert arrives."""
+    bootstrap, topic = kafka_broker.bootstrap, replayed_stream.topic
     alerts, dead, group = unique("bp-alerts"), unique("bp-dlq"), unique("bp")
+    create_topics(bootstrap, {alerts: 1, dead: 1})
+    _refuse_alerts(bootstrap, alerts, True)
     port = localkafka.free_port()
-    server = Server(broker.bootstrap, topic, model_registry, group, alerts, dead, tmp_path / "s")
+    server = Server(bootstrap, topic, model_registry, group, alerts, dead, tmp_path / "s")
     server.args = ["--metrics-port", str(port)]
     server.env = {
         "NETFRAUD_PRODUCER__FLUSH_TIMEOUT_S": "2",
         "NETFRAUD_LIMITS__MAX_RSS_MB": str(LIMIT_MB),
     }
-    offsets = Offsets(broker.bootstrap)
+    offsets = Offsets(bootstrap)
     server.start()
     sampler = Sampler(server.pid, port)
     sampler.start()
-    assert wait_until(lambda: offsets.progress(group, topic) > replayed_stream.records // 5, 300)
-    offsets.close()
 
-    os.kill(broker.pid, signal.SIGSTOP)
-    try:
-        paused = wait_until(lambda: sampler.paused_seen, 60, 0.2)
-        time.sleep(STOPPED_S)
-    finally:
-        os.kill(broker.pid, signal.SIGCONT)
-    caught_up = wait_until(lambda: all_committed(broker.bootstrap, group, topic), 300, 1.0)
+    paused = wait_until(lambda: sampler.paused_seen, 120, 0.2)
+    held_at = offsets.progress(group, topic)
+    time.sleep(HELD_S)
+    moved_while_held = offsets.progress(group, topic) - held_at
+    _refuse_alerts(bootstrap, alerts, False)
+    offsets.close()
+    caught_up = wait_until(lambda: all_committed(bootstrap, group, topic), 300, 1.0)
     sampler.done.set()
     code = server.stop()
 
@@ -98,11 +117,12 @@ def test_stopped_broker_pauses_consumption_and_memory_stays_bounded(
         "backpressure",
         replayed_stream.records,
         set(replayed_stream.expected),
-        alert_keys(read_messages(broker.bootstrap, alerts)),
+        alert_keys(read_messages(bootstrap, alerts)),
         {
             "peak_rss_mb": round(sampler.peak_mb, 1),
             "max_rss_mb": LIMIT_MB,
             "paused_gauge_seen": sampler.paused_seen,
+            "committed_while_held": moved_while_held,
             "pauses": len(reasons),
             "resumes": log.count('"consumer_resumed"'),
             "batch_not_delivered": log.count('"batch_not_delivered"'),
@@ -111,6 +131,7 @@ def test_stopped_broker_pauses_consumption_and_memory_stays_bounded(
     ).show()
     assert paused, server.tail()
     assert "delivery" in reasons
+    assert moved_while_held == 0
     assert 0 < sampler.peak_mb < LIMIT_MB
     assert caught_up and code == 0, server.tail()
     assert not figures.lost, sorted(figures.lost)[:20]

@@ -59,7 +59,11 @@ def test_exactly_once_sigkill_neither_loses_nor_duplicates(
     )
 
     kills = run_with_kills(
-        server, replayed_stream.records, kill_points(seed=8, count=KILLS), seed=8
+        server,
+        replayed_stream.records,
+        kill_points(seed=8, count=KILLS),
+        seed=8,
+        mid_transaction=True,
     )
 
     committed_view = read_messages(server.bootstrap, server.alerts, committed_only=True)

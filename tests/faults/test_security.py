@@ -231,7 +231,6 @@ def test_bad_credentials_fail_with_a_clear_message(
         sasl_username="netfraud",
         sasl_password_file=str(wrong if fault == "wrong password" else secure["password_file"]),
         ssl_cafile=str(pki.other_ca if fault == "untrusted CA" else pki.ca),
-        request_timeout_ms="12000",  # how long bootstrapping is tried before giving up
     )
     if fault != "no ACL for the group":
         _grant_for(secure, server)
