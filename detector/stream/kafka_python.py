@@ -236,6 +236,8 @@ class KafkaPythonTransport:
             self.producer.flush(timeout=timeout_s)
         except kafka.errors.KafkaTimeoutError as exc:
             raise DeliveryError(f"broker did not acknowledge within {timeout_s} s: {exc}") from exc
+        except kafka.errors.KafkaError as exc:  # kafka-python's own hiccups, e.g. on a split batch
+            raise DeliveryError(f"flush failed: {exc!r}") from exc
         failed = self._failed or [f.exception for f in self._pending if f.failed()]
         unfinished = [f for f in self._pending if not f.is_done]
         self._pending, self._failed = [], []
@@ -347,6 +349,8 @@ class KafkaPythonTransport:
     def close(self) -> None:
         try:
             self.producer.close(timeout=10)
+        except kafka.errors.KafkaError as exc:  # unsent messages are read again after a restart
+            log.warning("producer_close_failed", error=repr(exc))
         finally:
             self.consumer.close(autocommit=False)
 
