@@ -117,8 +117,8 @@ class KafkaPythonTransport:
                 fetch_max_bytes=c.fetch_max_bytes,
                 max_partition_fetch_bytes=c.max_partition_fetch_bytes,
             )
-            self.producer = KafkaProducer(
-                **base,
+            self._producer_config = dict(
+                base,
                 acks="all" if eos or p.acks == "all" else 1,
                 linger_ms=p.linger_ms,
                 batch_size=p.batch_size,
@@ -127,9 +127,7 @@ class KafkaPythonTransport:
                 enable_idempotence=eos or p.acks == "all",
                 transactional_id=self.transactional_id,
             )
-            if eos:
-                self.producer.init_transactions()
-                log.info("transactions_ready", transactional_id=self.transactional_id)
+            self.producer = self._new_producer()
         except (kafka.errors.KafkaError, OSError) as exc:
             raise _classify(exc, settings, causes.messages) from exc
         finally:
@@ -171,6 +169,24 @@ class KafkaPythonTransport:
             raise DeliveryError(f"cannot queue a message for {topic}: {exc}") from exc
         future.add_errback(self._failed.append)
         self._pending.append(future)
+
+    def _new_producer(self) -> KafkaProducer:
+        producer = KafkaProducer(**self._producer_config)
+        if self.transactional_id:
+            producer.init_transactions()
+            log.info("transactions_ready", transactional_id=self.transactional_id)
+        return producer
+
+    def _renew_producer(self, cause: BaseException) -> None:
+        """Replace the producer after a refusal that is not worth retrying:
+        kafka-python's idempotent producer can stay stuck on such an error for a
+        partition even once the broker would accept the messages."""
+        log.warning("producer_renewed", cause=repr(cause))
+        try:
+            self.producer.close(timeout=0)
+        except kafka.errors.KafkaError as exc:
+            log.warning("producer_close_failed", error=repr(exc))
+        self.producer = self._new_producer()
 
     def in_flight(self) -> int:
         """Messages produced and neither acknowledged nor failed yet."""
@@ -243,6 +259,8 @@ class KafkaPythonTransport:
         self._pending, self._failed = [], []
         if failed and isinstance(failed[0], kafka.errors.AuthorizationError):
             raise _denied(failed[0], "write the alerts and dead-letter topics")
+        if failed and not all(getattr(f, "retriable", False) for f in failed):
+            self._renew_producer(failed[0])
         if failed:
             raise DeliveryError(f"{len(failed)} messages not acknowledged: {failed[0]!r}")
         if unfinished:

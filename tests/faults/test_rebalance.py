@@ -202,7 +202,7 @@ def _scenario(
     ("strategy", "static"),
     [
         CHOSEN,
-        pytest.param("range", False, marks=compare),
+        pytest.param("cooperative-sticky", False, marks=compare),
         pytest.param("range", True, marks=compare),
         pytest.param("cooperative-sticky", True, marks=compare),
     ],
