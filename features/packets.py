@@ -414,7 +414,7 @@ class PacketVectorizer:
 
     def __init__(self, spec: FittedSpec, context: PacketContext | None = None) -> None:
         self.spec = spec
-        self.context = context or PacketContext(spec.windows)
+        self.context = context if context is not None else PacketContext(spec.windows)
 
     @classmethod
     def reuse(

@@ -44,7 +44,7 @@ class TopicReader:
             self.consumer = KafkaConsumer(
                 **connection_config(settings), group_id=None, enable_auto_commit=False
             )
-        except kafka.errors.NoBrokersAvailable as exc:
+        except kafka.errors.KafkaError as exc:  # no broker: a timeout in kafka-python 3
             raise TransportError(
                 f"no Kafka broker answered at {self.bootstrap}: {exc}; "
                 "check kafka.bootstrap_servers and that the broker is up"

@@ -65,3 +65,13 @@ def test_comma_separated_topics_from_environment() -> None:
     """A list of input topics can be given as one comma-separated variable."""
     settings = load_settings(environ={"NETFRAUD_TOPICS__INPUT": "a, b"})
     assert settings.topics.input == ("a", "b")
+
+
+def test_a_topic_reader_without_a_broker_names_the_address_and_the_key() -> None:
+    """No broker answering is a clear TransportError, not kafka-python's own exception."""
+    from detector.errors import TransportError
+    from detector.stream.topic_reader import TopicReader
+
+    settings = load_settings(None, {"kafka.bootstrap_servers": "127.0.0.1:1"}, environ={})
+    with pytest.raises(TransportError, match=r"127\.0\.0\.1:1.*kafka\.bootstrap_servers"):
+        TopicReader(settings, "alerts")
