@@ -22,9 +22,11 @@ host's state lives in the process that consumes its partition.
 
 State is bounded: keys idle for longer than ``idle_timeout`` are evicted, and
 the least recently seen keys are dropped beyond ``max_keys``. It is not
-checkpointed: after a start or a rebalance a host's statistics warm up over
-the longest window, and :meth:`FlowContext.update` reports which rows were
-scored while their host was still warming up.
+checkpointed: after a start, a rebalance or :meth:`FlowContext.forget`, the
+state knows nothing of what happened before, so for the first longest window
+of traffic time the statistics can be too low. :meth:`FlowContext.update`
+marks the rows scored in that span as warming up. A host first seen later is
+not warming up: its state is complete, it is simply new.
 """
 
 from __future__ import annotations
@@ -39,7 +41,11 @@ import numpy.typing as npt
 
 from features.records import FAILED_STATES, FlowBatch
 
-DEFAULT_WINDOWS = (10.0, 120.0)
+#: One minute catches bursts (scans, floods, password guessing); one hour catches
+#: the low-and-slow probing that looks like one harmless flow now and then (on
+#: the Stratosphere Zeek data it is what makes the context features pay; see
+#: docs/benchmarks.md).
+DEFAULT_WINDOWS = (60.0, 3600.0)
 #: Memory per tracked source host, in bytes, used to turn a memory ceiling
 #: into a key count (measured with tracemalloc on a mixed workload).
 BYTES_PER_KEY = 2_500
@@ -62,7 +68,6 @@ def feature_names(windows: tuple[float, ...] = DEFAULT_WINDOWS) -> list[str]:
 
 @dataclass
 class _Host:
-    first_seen: float
     last_seen: float
     conns: list[float]
     hosts: list[float]
@@ -99,6 +104,7 @@ class FlowContext:
         self.names = feature_names(self.windows)
         self._hosts: OrderedDict[str, _Host] = OrderedDict()
         self._clock = -math.inf
+        self._origin: float | None = None  # traffic time the state starts from
         self.evicted = 0
 
     def __len__(self) -> int:
@@ -113,8 +119,8 @@ class FlowContext:
         row sees the state including itself and every earlier row.
 
         Returns:
-            The context columns by name, and a mask of rows whose source host
-            has less history than the longest window (still warming up).
+            The context columns by name, and a mask of rows that came less
+            than the longest window after the state started (warming up).
         """
         n = len(batch)
         volume = np.nan_to_num(batch.num("src_bytes")) + np.nan_to_num(batch.num("dst_bytes"))
@@ -155,6 +161,9 @@ class FlowContext:
         """
         hosts, windows, max_peers = self._hosts, self.windows, self.max_peers
         longest, k, clock = windows[-1], len(windows), self._clock
+        if self._origin is None and ts:
+            self._origin = ts[0]
+        settled_from = (self._origin if self._origin is not None else 0.0) + longest
         exp, sqrt, inf = math.exp, math.sqrt, math.inf
         flat: list[float] = []
         extend = flat.extend
@@ -162,7 +171,7 @@ class FlowContext:
         for t, s, d, p, f, v in zip(ts, src, dst, port, failed, volume, strict=True):
             host = hosts.get(s)
             if host is None:
-                host = _Host(t, t, [0.0] * k, [0.0] * k, [0.0] * k, [0.0] * k, [0.0] * k)
+                host = _Host(t, [0.0] * k, [0.0] * k, [0.0] * k, [0.0] * k, [0.0] * k)
                 hosts[s] = host
             else:
                 hosts.move_to_end(s)
@@ -225,7 +234,7 @@ class FlowContext:
             else:
                 regularity = 1.0 / (1.0 + sqrt(0.0 if spread < 0.0 else spread) / mean)
             extend((count, regularity))
-            warm.append(t - host.first_seen < longest)
+            warm.append(t < settled_from)
         self._clock = clock
         return flat, warm
 
@@ -239,10 +248,12 @@ class FlowContext:
         failed: bool,
         volume: float,
     ) -> bool:
+        if self._origin is None:
+            self._origin = t
         host = self._hosts.get(src)
         if host is None:
             k = len(self.windows)
-            host = _Host(t, t, [0.0] * k, [0.0] * k, [0.0] * k, [0.0] * k, [0.0] * k)
+            host = _Host(t, [0.0] * k, [0.0] * k, [0.0] * k, [0.0] * k, [0.0] * k)
             self._hosts[src] = host
         else:
             self._hosts.move_to_end(src)
@@ -269,7 +280,7 @@ class FlowContext:
         peer = host.peers[dst]
         row[j] = peer[1]
         row[j + 1] = _regularity(peer)
-        return t - host.first_seen < self.windows[-1]
+        return t < self._origin + self.windows[-1]
 
     def _touch_peer(self, host: _Host, dst: str, t: float) -> float:
         """Update the pair statistics; return the gap since the last contact."""
@@ -313,6 +324,7 @@ class FlowContext:
     def forget(self) -> None:
         """Drop all state (for example after partitions were revoked)."""
         self._hosts.clear()
+        self._origin = None
 
 
 def _regularity(peer: list[float]) -> float:

@@ -62,7 +62,7 @@ def build_alert(
         risk: 0-100 rarity among normal traffic.
         reasons: Top fields by share of reconstruction error.
         model_version: Version of the bundle that scored it.
-        warming_up: Whether the source host's context was still warming up.
+        warming_up: Whether the context features had less history than their longest window.
         now: Creation time (defaults to the current time).
     """
     created = (now or datetime.now(UTC)).isoformat(timespec="milliseconds")

@@ -175,7 +175,7 @@ def row(document: dict[str, Any]) -> list[Text]:
     for line in reasons_in_words(n).splitlines():
         details.append(f"\n• {line}")
     if n.get("warming_up"):
-        details.append("\n(source host still warming up)", style="dim")
+        details.append("\n(context still warming up: counts may be understated)", style="dim")
     return [when, level, details]
 
 
