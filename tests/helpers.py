@@ -57,8 +57,11 @@ def produce_file(bootstrap: str, topic: str, path: Path) -> list[dict[str, Any]]
     return rows
 
 
-def read_all(bootstrap: str, topic: str, idle_ms: int = 4_000) -> list[Any]:
-    """Every message of a topic (until ``idle_ms`` without a new one)."""
+def read_all(
+    bootstrap: str, topic: str, idle_ms: int = 4_000, isolation: str = "read_uncommitted"
+) -> list[Any]:
+    """Every message of a topic (until ``idle_ms`` without a new one); with
+    ``isolation="read_committed"``, only those of committed transactions."""
     consumer = KafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -66,6 +69,7 @@ def read_all(bootstrap: str, topic: str, idle_ms: int = 4_000) -> list[Any]:
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         consumer_timeout_ms=idle_ms,
+        isolation_level=isolation,
     )
     messages = list(consumer)
     consumer.close()

@@ -4,9 +4,12 @@ It keeps the guarantees of the default kafka-python transport: offsets are
 committed only when the loop asks (synchronously, explicit offsets), alerts
 and dead letters go through an idempotent ``acks=all`` producer, and
 :meth:`ConfluentTransport.flush` raises :class:`DeliveryError` when any
-message was not acknowledged. After an assignment, each partition starts a
-little before its committed offset so that context state is rebuilt from
-records that were already scored (see ``context.warmup_records``).
+message was not acknowledged. With ``delivery.mode = "exactly-once"`` the
+producer is transactional and input is read as committed, so a batch's
+output and its offsets are published in one transaction. After an
+assignment, each partition starts a little before its committed offset so
+that context state is rebuilt from records that were already scored (see
+``context.warmup_records``).
 
 librdkafka fetches in background threads, so a micro-batch is usually
 already waiting in its queue when the loop asks for one; that is most of its
@@ -31,9 +34,16 @@ from confluent_kafka import (
 from confluent_kafka import Message as KafkaMessage
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
-from detector.errors import AuthenticationError, ConfigError, DeliveryError, TransportError
+from detector.errors import (
+    AuthenticationError,
+    ConfigError,
+    DeliveryError,
+    FencedError,
+    TransportError,
+)
 from detector.logs import get_logger
 from detector.settings import Settings
+from detector.stream.delivery import transactional_id
 from detector.stream.transport import Headers, Message, TopicPartition
 
 log = get_logger("transport")
@@ -130,6 +140,10 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "receive.message.max.bytes": max(c.fetch_max_bytes + 512, 100_000_000),
         "queued.max.messages.kbytes": QUEUED_KBYTES,
         "partition.assignment.strategy": ASSIGNORS[c.assignment_strategy],
+        # Exactly-once: skip what aborted transactions wrote upstream.
+        "isolation.level": (
+            "read_committed" if settings.delivery.mode == "exactly-once" else "read_uncommitted"
+        ),
     }
     if c.group_instance_id:
         config["group.instance.id"] = c.group_instance_id
@@ -137,10 +151,12 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
 
 
 def producer_config(settings: Settings) -> dict[str, Any]:
-    """Producer options: idempotent with ``acks=all`` unless told otherwise."""
+    """Producer options: idempotent with ``acks=all`` unless told otherwise,
+    and transactional for exactly-once delivery."""
     p = settings.producer
-    strong = p.acks == "all"
-    return {
+    eos = settings.delivery.mode == "exactly-once"
+    strong = eos or p.acks == "all"
+    config = {
         **connection_config(settings),
         "acks": "all" if strong else 1,
         "enable.idempotence": strong,
@@ -149,6 +165,9 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "compression.type": p.compression_type,
         "request.timeout.ms": settings.kafka.request_timeout_ms,
     }
+    if eos:
+        config["transactional.id"] = transactional_id(settings)
+    return config
 
 
 class ConfluentTransport:
@@ -177,6 +196,8 @@ class ConfluentTransport:
         self._reported: set[int] = set()
         self._probe: tuple[float, bool] = (-PROBE_REUSE_S, False)
         self._probe_lock = threading.Lock()
+        eos = settings.delivery.mode == "exactly-once"
+        self.transactional_id = transactional_id(settings) if eos else None
         try:
             self.consumer = Consumer(
                 {**consumer_config(settings), "error_cb": self._on_error, "logger": _QUIET}
@@ -195,6 +216,8 @@ class ConfluentTransport:
         except KafkaException as exc:
             raise _classify(exc.args[0] if exc.args else exc, settings) from exc
         self._check_reachable()
+        if self.transactional_id:
+            self._init_transactions()
         self.consumer.subscribe(
             self._topics,
             on_assign=self._on_assign,
@@ -284,6 +307,57 @@ class ConfluentTransport:
     def _on_delivery(self, error: KafkaError | None, message: KafkaMessage) -> None:
         if error is not None:
             self._failed.append(error)
+
+    # -- transactions (exactly-once) ------------------------------------------ #
+
+    def _init_transactions(self) -> None:
+        """Register the transactional id, fencing an earlier instance with it
+        and aborting whatever transaction it left open."""
+        try:
+            self.producer.init_transactions(CALL_TIMEOUT_S)
+        except KafkaException as exc:
+            self.consumer.close()
+            raise self._transaction_error("init", exc) from exc
+        log.info("transactions_ready", transactional_id=self.transactional_id)
+
+    def begin_transaction(self) -> None:
+        """Start a transaction; the messages produced next belong to it."""
+        try:
+            self.producer.begin_transaction()
+        except KafkaException as exc:
+            raise self._transaction_error("begin", exc) from exc
+
+    def commit_transaction(self, offsets: Mapping[TopicPartition, int], timeout_s: float) -> None:
+        """Wait for the batch's messages, add its offsets, commit."""
+        self.flush(timeout_s)
+        try:
+            if offsets:
+                self.producer.send_offsets_to_transaction(
+                    [KafkaTopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                    self.consumer.consumer_group_metadata(),
+                    timeout_s,
+                )
+            self.producer.commit_transaction(timeout_s)
+        except KafkaException as exc:
+            raise self._transaction_error("commit", exc) from exc
+
+    def abort_transaction(self) -> None:
+        """Discard the open transaction's messages and offsets."""
+        self._failed = []
+        try:
+            self.producer.abort_transaction(CALL_TIMEOUT_S)
+        except KafkaException as exc:
+            raise self._transaction_error("abort", exc) from exc
+
+    def _transaction_error(self, step: str, exc: KafkaException) -> TransportError:
+        error = exc.args[0] if exc.args else None
+        if isinstance(error, KafkaError) and error.fatal():
+            return FencedError(
+                f"transaction {step} failed for transactional id {self.transactional_id!r}: "
+                f"{error.str()}; another instance uses this id, or it is not authorised"
+            )
+        text = error.str() if isinstance(error, KafkaError) else str(exc)
+        return DeliveryError(f"transaction {step} failed: {text}")
 
     # -- offsets -------------------------------------------------------------- #
 

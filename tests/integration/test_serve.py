@@ -148,10 +148,16 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero(
     assert '"stopping"' in log and '"stopped"' in log
 
 
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
 def test_sigkill_mid_stream_loses_no_alert(
-    kafka_broker: Any, topic_factory: Any, model_registry: Path, demo_data: dict[str, Path]
+    kafka_broker: Any,
+    topic_factory: Any,
+    model_registry: Path,
+    demo_data: dict[str, Path],
+    delivery: str,
 ) -> None:
-    """After SIGKILL and restart, every alert of a clean run is raised at least once."""
+    """After SIGKILL and restart, every alert of a clean run is raised at least
+    once; exactly once, for a read_committed reader, under exactly-once delivery."""
     bootstrap = kafka_broker.bootstrap
     topic = topic_factory("flows", 3)
     rows = produce_file(bootstrap, topic, demo_data["stream"])
@@ -174,7 +180,16 @@ def test_sigkill_mid_stream_loses_no_alert(
     kills = 0
     for fraction in (0.25, 0.6):
         proc = serve(
-            bootstrap, topic, model_registry, group, crash_alerts, dead, "--log-level", "warning"
+            bootstrap,
+            topic,
+            model_registry,
+            group,
+            crash_alerts,
+            dead,
+            "--log-level",
+            "warning",
+            "--delivery",
+            delivery,
         )
         target = fraction * len(rows)
         wait_until(
@@ -186,11 +201,25 @@ def test_sigkill_mid_stream_loses_no_alert(
         proc.wait()
         kills += 1
     _finish(
-        serve(bootstrap, topic, model_registry, group, crash_alerts, dead, "--stop-after-idle", "5")
+        serve(
+            bootstrap,
+            topic,
+            model_registry,
+            group,
+            crash_alerts,
+            dead,
+            "--stop-after-idle",
+            "5",
+            "--delivery",
+            delivery,
+        )
     )
 
     expected = provenance(read_all(bootstrap, clean_alerts))
-    seen_messages = read_all(bootstrap, crash_alerts)
+    exactly_once = delivery == "exactly-once"
+    seen_messages = read_all(
+        bootstrap, crash_alerts, isolation="read_committed" if exactly_once else "read_uncommitted"
+    )
     seen = provenance(seen_messages)
     lost = expected - seen
     print(
@@ -200,3 +229,5 @@ def test_sigkill_mid_stream_loses_no_alert(
     )
     assert caught_up(bootstrap, group, topic)
     assert not lost
+    if exactly_once:
+        assert len(seen_messages) == len(seen), "a committed alert was published twice"

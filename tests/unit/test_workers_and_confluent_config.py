@@ -10,6 +10,7 @@ import pytest
 
 from detector.errors import ConfigError
 from detector.settings import load_settings
+from detector.stream.delivery import transactional_id
 from detector.workers import _exit_code, worker_count, worker_settings
 
 confluent = pytest.importorskip("detector.stream.confluent")
@@ -84,6 +85,21 @@ def test_producer_is_idempotent_with_acks_all_and_not_with_acks_1() -> None:
     weak = confluent.producer_config(load_settings(overrides={"producer.acks": "1"}, environ={}))
     assert (strong["acks"], strong["enable.idempotence"]) == ("all", True)
     assert (weak["acks"], weak["enable.idempotence"]) == (1, False)
+
+
+def test_exactly_once_makes_the_producer_transactional_and_reads_committed() -> None:
+    """Exactly-once: a transactional id (with idempotence and acks=all even if
+    acks=1 was asked for), and input read as committed; neither otherwise."""
+    settings = load_settings(
+        overrides={"delivery.mode": "exactly-once", "producer.acks": "1"}, environ={}
+    )
+    producer = confluent.producer_config(settings)
+    assert producer["transactional.id"] == transactional_id(settings)
+    assert (producer["acks"], producer["enable.idempotence"]) == ("all", True)
+    assert confluent.consumer_config(settings)["isolation.level"] == "read_committed"
+    plain = load_settings(environ={})
+    assert "transactional.id" not in confluent.producer_config(plain)
+    assert confluent.consumer_config(plain)["isolation.level"] == "read_uncommitted"
 
 
 def test_sasl_ssl_settings_map_to_librdkafka_names(tmp_path: Path) -> None:
