@@ -21,34 +21,61 @@ by source address, the same key the records are partitioned by on Kafka, so a
 host's state lives in the process that consumes its partition.
 
 State is bounded: keys idle for longer than ``idle_timeout`` are evicted, and
-the least recently seen keys are dropped beyond ``max_keys``. It is not
+the least recently seen keys are dropped beyond ``max_keys``; each host
+remembers at most ``max_peers`` destinations and as many services. It is not
 checkpointed: after a start, a rebalance or :meth:`FlowContext.forget`, the
 state knows nothing of what happened before, so for the first longest window
 of traffic time the statistics can be too low. :meth:`FlowContext.update`
 marks the rows scored in that span as warming up. A host first seen later is
 not warming up: its state is complete, it is simply new.
+
+The update is a recursion over the records in order (each row sees every
+earlier one), which numpy cannot express without changing the arithmetic, so
+the per-record loop is compiled with numba. Keys are 64-bit hashes of the
+addresses, and the state is struct-of-arrays: a slot per host, per (host,
+destination) pair and per (host, destination, port) service, each table an
+LRU list threaded through its slots. A pure-Python per-row form of the same
+arithmetic lives in the tests as the reference the compiled loop must match
+bit for bit.
 """
 
 from __future__ import annotations
 
-import math
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
+import numba
 import numpy as np
 import numpy.typing as npt
 
-from features.records import FAILED_STATES, FlowBatch
+from features.records import FAILED_STATES, FlowBatch, from_columns
 
 #: One minute catches bursts (scans, floods, password guessing); one hour catches
 #: the low-and-slow probing that looks like one harmless flow now and then (on
 #: the Stratosphere Zeek data it is what makes the context features pay; see
 #: docs/benchmarks.md).
 DEFAULT_WINDOWS = (60.0, 3600.0)
-#: Memory per tracked source host, in bytes, used to turn a memory ceiling
-#: into a key count (measured with tracemalloc on a mixed workload).
-BYTES_PER_KEY = 2_500
+#: Port code of a flow without a port (ICMP, for one): all such flows to a
+#: destination count as one service.
+NO_PORT = -1
+
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _compiled(function: _F) -> _F:
+    """Compile with numba (no Python objects inside), caching the machine code on disk.
+
+    The cache goes beside the source, or under ``NUMBA_CACHE_DIR`` or the
+    user's cache directory when that is read-only; where nothing is writable
+    (a read-only container without a writable ``/tmp``) each process compiles
+    afresh, which costs a few seconds at start.
+    """
+    try:
+        return cast(_F, numba.njit(cache=True, nogil=True)(function))
+    except RuntimeError:  # "no locator available": no writable cache directory
+        return cast(_F, numba.njit(cache=False, nogil=True)(function))
 
 
 def feature_names(windows: tuple[float, ...] = DEFAULT_WINDOWS) -> list[str]:
@@ -66,18 +93,362 @@ def feature_names(windows: tuple[float, ...] = DEFAULT_WINDOWS) -> list[str]:
     return [*names, "pair_conns", "pair_regularity"]
 
 
-@dataclass
-class _Host:
-    last_seen: float
-    conns: list[float]
-    hosts: list[float]
-    ports: list[float]
-    failed: list[float]
-    volume: list[float]
-    # destination -> [last seen, damped count, damped mean gap, damped gap variance]
-    peers: OrderedDict[str, list[float]] = field(default_factory=OrderedDict)
-    # (destination, port) -> last seen
-    services: OrderedDict[tuple[str, float], float] = field(default_factory=OrderedDict)
+# Layout of the state arrays. Every table has a free-slot stack and an LRU
+# list (least recently used at the head) threaded through ``links``.
+#
+# meta (int64): host LRU head, tail, count, host free top, pair free top,
+#   service free top.
+# host_links (int64, per host slot): LRU prev, next, then the host's pair list
+#   head, tail, count, then its service list head, tail, count.
+# pair_links / service_links (int64): LRU prev, next within the owning host.
+_HEAD, _TAIL, _COUNT, _HOST_FREE, _PAIR_FREE, _SERVICE_FREE = range(6)
+_PAIRS, _SERVICES = 2, 5  # offsets of the per-host lists in host_links
+
+
+@_compiled
+def _unlink(links: I64, ends: I64, at: int, slot: int) -> None:
+    """Take ``slot`` out of the list whose head and tail are ``ends[at:at + 2]``."""
+    before, after = links[slot, 0], links[slot, 1]
+    if before >= 0:
+        links[before, 1] = after
+    else:
+        ends[at] = after
+    if after >= 0:
+        links[after, 0] = before
+    else:
+        ends[at + 1] = before
+    links[slot, 0] = -1
+    links[slot, 1] = -1
+
+
+@_compiled
+def _append(links: I64, ends: I64, at: int, slot: int) -> None:
+    """Put ``slot`` at the tail (most recently used end) of a list."""
+    tail = ends[at + 1]
+    links[slot, 0] = tail
+    links[slot, 1] = -1
+    if tail >= 0:
+        links[tail, 1] = slot
+    else:
+        ends[at] = slot
+    ends[at + 1] = slot
+
+
+@_compiled
+def _drop_pair(
+    pairs: Any,
+    meta: I64,
+    pair_free: I64,
+    pair_key: I64,
+    pair_links: I64,
+    host_links: I64,
+    host: int,
+) -> None:
+    """Forget the least recently used destination of ``host``."""
+    slot = host_links[host, _PAIRS]
+    del pairs[pair_key[slot]]
+    _unlink(pair_links, host_links[host], _PAIRS, slot)
+    host_links[host, _PAIRS + 2] -= 1
+    pair_free[meta[_PAIR_FREE]] = slot
+    meta[_PAIR_FREE] += 1
+
+
+@_compiled
+def _drop_service(
+    services: Any,
+    meta: I64,
+    service_free: I64,
+    service_key: I64,
+    service_links: I64,
+    host_links: I64,
+    host: int,
+) -> None:
+    """Forget the least recently used service of ``host``."""
+    slot = host_links[host, _SERVICES]
+    del services[service_key[slot]]
+    _unlink(service_links, host_links[host], _SERVICES, slot)
+    host_links[host, _SERVICES + 2] -= 1
+    service_free[meta[_SERVICE_FREE]] = slot
+    meta[_SERVICE_FREE] += 1
+
+
+@_compiled
+def _fold(
+    ts: F64,
+    src: I64,
+    pair_keys: I64,
+    service_keys: I64,
+    failed: npt.NDArray[np.bool_],
+    volume: F64,
+    windows: F64,
+    max_peers: int,
+    max_keys: int,
+    idle_timeout: float,
+    settled_from: float,
+    clock: F64,
+    hosts: Any,
+    pairs: Any,
+    services: Any,
+    meta: I64,
+    host_free: I64,
+    host_key: I64,
+    host_seen: F64,
+    host_stats: F64,
+    host_links: I64,
+    pair_free: I64,
+    pair_key: I64,
+    pair_stats: F64,
+    pair_links: I64,
+    service_free: I64,
+    service_key: I64,
+    service_seen: F64,
+    service_links: I64,
+    out: F64,
+    warm: npt.NDArray[np.bool_],
+) -> int:
+    """Fold the records into the state, writing each row's context to ``out``.
+
+    Then evict idle and surplus hosts (in the same call: entering compiled
+    code costs more than a batch's eviction) and return how many went.
+
+    The callers guarantee free slots for one new host, pair and service per
+    record. ``host_stats`` holds, per window, the damped connections, new
+    hosts, new ports, failures and bytes; ``pair_stats`` the last contact,
+    damped count, damped mean gap and damped gap variance.
+    """
+    k = windows.shape[0]
+    longest = windows[k - 1]
+    for i in range(ts.shape[0]):
+        t = ts[i]
+        # One hash look-up finds the slot or claims the next free one.
+        spare = host_free[meta[_HOST_FREE] - 1]
+        host = hosts.setdefault(src[i], spare)
+        if host == spare:
+            meta[_HOST_FREE] -= 1
+            host_key[host] = src[i]
+            host_seen[host] = t
+            host_stats[host, :] = 0.0
+            for j in range(2, 8):
+                host_links[host, j] = -1 if j != 4 and j != 7 else 0
+            meta[_COUNT] += 1
+        else:
+            _unlink(host_links, meta, _HEAD, host)
+        _append(host_links, meta, _HEAD, host)
+        last = host_seen[host]
+        dt = t - last
+        if dt < 0.0:
+            dt = 0.0
+        if t > last:
+            host_seen[host] = t
+        if t > clock[0]:
+            clock[0] = t
+
+        # The pair (source, destination): damped count and gap statistics.
+        spare = pair_free[meta[_PAIR_FREE] - 1]
+        pair = pairs.setdefault(pair_keys[i], spare)
+        if pair == spare:
+            meta[_PAIR_FREE] -= 1
+            pair_key[pair] = pair_keys[i]
+            pair_stats[pair, 0] = t
+            pair_stats[pair, 1] = 1.0
+            pair_stats[pair, 2] = 0.0
+            pair_stats[pair, 3] = 0.0
+            _append(pair_links, host_links[host], _PAIRS, pair)
+            host_links[host, _PAIRS + 2] += 1
+            while host_links[host, _PAIRS + 2] > max_peers:
+                _drop_pair(pairs, meta, pair_free, pair_key, pair_links, host_links, host)
+            gap_peer = np.inf
+        else:
+            _unlink(pair_links, host_links[host], _PAIRS, pair)
+            _append(pair_links, host_links[host], _PAIRS, pair)
+            seen = pair_stats[pair, 0]
+            gap_peer = t - seen
+            if gap_peer < 0.0:
+                gap_peer = 0.0
+            if t > seen:
+                pair_stats[pair, 0] = t
+            pair_stats[pair, 1] = pair_stats[pair, 1] * np.exp(-gap_peer / longest) + 1.0
+            delta = gap_peer - pair_stats[pair, 2]
+            pair_stats[pair, 2] += delta / 8.0
+            pair_stats[pair, 3] = 0.875 * (pair_stats[pair, 3] + delta * delta / 8.0)
+
+        # The service (destination, port): time since it was last contacted.
+        spare = service_free[meta[_SERVICE_FREE] - 1]
+        service = services.setdefault(service_keys[i], spare)
+        if service == spare:
+            meta[_SERVICE_FREE] -= 1
+            service_key[service] = service_keys[i]
+            service_seen[service] = t
+            _append(service_links, host_links[host], _SERVICES, service)
+            host_links[host, _SERVICES + 2] += 1
+            while host_links[host, _SERVICES + 2] > max_peers:
+                _drop_service(
+                    services,
+                    meta,
+                    service_free,
+                    service_key,
+                    service_links,
+                    host_links,
+                    host,
+                )
+            gap_service = np.inf
+        else:
+            _unlink(service_links, host_links[host], _SERVICES, service)
+            _append(service_links, host_links[host], _SERVICES, service)
+            gap_service = t - service_seen[service]
+            if gap_service < 0.0:
+                gap_service = 0.0
+            service_seen[service] = t
+
+        for j in range(k):
+            w = windows[j]
+            decay = np.exp(-dt / w)
+            c = host_stats[host, 5 * j] * decay + 1.0
+            h = host_stats[host, 5 * j + 1] * decay + (1.0 if gap_peer > w else 0.0)
+            o = host_stats[host, 5 * j + 2] * decay + (1.0 if gap_service > w else 0.0)
+            x = host_stats[host, 5 * j + 3] * decay + (1.0 if failed[i] else 0.0)
+            b = host_stats[host, 5 * j + 4] * decay + volume[i]
+            host_stats[host, 5 * j] = c
+            host_stats[host, 5 * j + 1] = h
+            host_stats[host, 5 * j + 2] = o
+            host_stats[host, 5 * j + 3] = x
+            host_stats[host, 5 * j + 4] = b
+            out[i, 5 * j] = c / w
+            out[i, 5 * j + 1] = h
+            out[i, 5 * j + 2] = o
+            out[i, 5 * j + 3] = x / c
+            out[i, 5 * j + 4] = b / w
+
+        count, mean, spread = pair_stats[pair, 1], pair_stats[pair, 2], pair_stats[pair, 3]
+        if count < 3.0 or mean <= 0.0:
+            regularity = 0.0
+        else:
+            regularity = 1.0 / (1.0 + np.sqrt(0.0 if spread < 0.0 else spread) / mean)
+        out[i, 5 * k] = count
+        out[i, 5 * k + 1] = regularity
+        warm[i] = t < settled_from
+
+    return _evict(
+        clock[0] - idle_timeout,
+        max_keys,
+        hosts,
+        pairs,
+        services,
+        meta,
+        host_free,
+        host_key,
+        host_seen,
+        host_links,
+        pair_free,
+        pair_key,
+        pair_links,
+        service_free,
+        service_key,
+        service_links,
+    )
+
+
+@_compiled
+def _evict(
+    horizon: float,
+    max_keys: int,
+    hosts: Any,
+    pairs: Any,
+    services: Any,
+    meta: I64,
+    host_free: I64,
+    host_key: I64,
+    host_seen: F64,
+    host_links: I64,
+    pair_free: I64,
+    pair_key: I64,
+    pair_links: I64,
+    service_free: I64,
+    service_key: I64,
+    service_links: I64,
+) -> int:
+    """Drop least recently used hosts while too many or idle; return how many."""
+    dropped = 0
+    while meta[_COUNT] > 0:
+        host = meta[_HEAD]
+        if meta[_COUNT] <= max_keys and host_seen[host] >= horizon:
+            break
+        while host_links[host, _PAIRS + 2] > 0:
+            _drop_pair(pairs, meta, pair_free, pair_key, pair_links, host_links, host)
+        while host_links[host, _SERVICES + 2] > 0:
+            _drop_service(
+                services,
+                meta,
+                service_free,
+                service_key,
+                service_links,
+                host_links,
+                host,
+            )
+        del hosts[host_key[host]]
+        _unlink(host_links, meta, _HEAD, host)
+        host_free[meta[_HOST_FREE]] = host
+        meta[_HOST_FREE] += 1
+        meta[_COUNT] -= 1
+        dropped += 1
+    return dropped
+
+
+def _key_hash(values: npt.NDArray[np.object_]) -> I64:
+    """64-bit hashes of address strings, the keys of the compiled tables.
+
+    Python's own string hash: the state lives and dies with the process, so
+    its per-process seed does no harm, and it is several times cheaper than
+    hashing with pandas. A collision of two addresses is a 1 in 2**64 event.
+    """
+    return np.fromiter(map(hash, values), dtype=np.int64, count=values.shape[0])
+
+
+def _combined(first: I64, second: I64) -> I64:
+    """One 64-bit key for a pair of keys (a splitmix64 finaliser over both)."""
+    with np.errstate(over="ignore"):
+        z = first.view(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + second.view(np.uint64)
+        z ^= z >> np.uint64(30)
+        z *= np.uint64(0xBF58476D1CE4E5B9)
+        z ^= z >> np.uint64(27)
+        z *= np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    return z.view(np.int64)
+
+
+def _grown(array: npt.NDArray[Any], capacity: int, fill: float) -> npt.NDArray[Any]:
+    shape = (capacity, *array.shape[1:])
+    bigger = np.full(shape, fill, dtype=array.dtype)
+    bigger[: array.shape[0]] = array
+    return bigger
+
+
+class _Table:
+    """Growable slot arrays of one kind (hosts, pairs or services) and their free stack."""
+
+    def __init__(self, columns: dict[str, tuple[tuple[int, ...], type, float]]) -> None:
+        self.capacity = 0
+        self.free: I64 = np.zeros(0, dtype=np.int64)
+        self.arrays: dict[str, npt.NDArray[Any]] = {
+            name: np.full((0, *shape), fill, dtype=dtype)
+            for name, (shape, dtype, fill) in columns.items()
+        }
+
+    def reserve(self, meta: I64, top: int, needed: int) -> None:
+        """Make room for ``needed`` more slots; ``meta[top]`` counts the free ones."""
+        if meta[top] >= needed:
+            return
+        old = self.capacity
+        new = max(2 * old, old + needed, 1_024)
+        free = np.zeros(new, dtype=np.int64)
+        free[: meta[top]] = self.free[: meta[top]]
+        fresh = np.arange(new - 1, old - 1, -1, dtype=np.int64)
+        free[meta[top] : meta[top] + fresh.size] = fresh
+        meta[top] += fresh.size
+        self.free = free
+        for name, array in self.arrays.items():
+            self.arrays[name] = _grown(array, new, -1 if array.dtype.kind == "i" else 0.0)
+        self.capacity = new
 
 
 class FlowContext:
@@ -87,7 +458,7 @@ class FlowContext:
         windows: Time constants in seconds, shortest first.
         max_keys: Most source hosts kept; the least recently seen go first.
         idle_timeout: Seconds after which an idle host is forgotten.
-        max_peers: Most destinations remembered per host.
+        max_peers: Most destinations (and services) remembered per host.
     """
 
     def __init__(
@@ -102,13 +473,50 @@ class FlowContext:
         self.idle_timeout = idle_timeout
         self.max_peers = max_peers
         self.names = feature_names(self.windows)
-        self._hosts: OrderedDict[str, _Host] = OrderedDict()
-        self._clock = -math.inf
-        self._origin: float | None = None  # traffic time the state starts from
         self.evicted = 0
+        self._windows = np.array(self.windows, dtype=np.float64)
+        self.forget()
+
+    def forget(self) -> None:
+        """Drop all state (for example after partitions were revoked)."""
+        i64 = numba.types.int64
+        self._hosts = numba.typed.Dict.empty(key_type=i64, value_type=i64)
+        self._pairs = numba.typed.Dict.empty(key_type=i64, value_type=i64)
+        self._services = numba.typed.Dict.empty(key_type=i64, value_type=i64)
+        self._meta: I64 = np.array([-1, -1, 0, 0, 0, 0], dtype=np.int64)
+        width = 5 * len(self.windows)
+        self._host_table = _Table(
+            {
+                "key": ((), np.int64, 0),
+                "seen": ((), np.float64, 0.0),
+                "stats": ((width,), np.float64, 0.0),
+                "links": ((8,), np.int64, -1),
+            }
+        )
+        self._pair_table = _Table(
+            {
+                "key": ((), np.int64, 0),
+                "stats": ((4,), np.float64, 0.0),
+                "links": ((2,), np.int64, -1),
+            }
+        )
+        self._service_table = _Table(
+            {
+                "key": ((), np.int64, 0),
+                "seen": ((), np.float64, 0.0),
+                "links": ((2,), np.int64, -1),
+            }
+        )
+        self._clock_cell: F64 = np.array([-np.inf])
+        self._origin: float | None = None  # traffic time the state starts from
+
+    @property
+    def _clock(self) -> float:
+        """The latest traffic time seen."""
+        return float(self._clock_cell[0])
 
     def __len__(self) -> int:
-        return len(self._hosts)
+        return int(self._meta[_COUNT])
 
     def update(
         self, batch: FlowBatch
@@ -123,213 +531,71 @@ class FlowContext:
             than the longest window after the state started (warming up).
         """
         n = len(batch)
+        out = np.zeros((n, len(self.names)), dtype=np.float64)
+        warm = np.zeros(n, dtype=bool)
+        if n == 0:
+            return {name: out[:, j] for j, name in enumerate(self.names)}, warm
+        ts = np.ascontiguousarray(batch.num("ts"), dtype=np.float64)
+        if self._origin is None:
+            self._origin = float(ts[0])
+        port = batch.num("dst_port")
+        codes = np.where(np.isnan(port), NO_PORT, np.nan_to_num(port)).astype(np.int64)
         volume = np.nan_to_num(batch.num("src_bytes")) + np.nan_to_num(batch.num("dst_bytes"))
         failed = np.isin(batch.text("conn_state"), list(FAILED_STATES))
-        # Python lists, not numpy scalars: the loop below is per record, and
-        # element access on arrays costs more than the arithmetic itself.
-        flat, warm = self._fold(
-            batch.num("ts").tolist(),
-            batch.text("src_ip").tolist(),
-            batch.text("dst_ip").tolist(),
-            batch.num("dst_port").tolist(),
-            failed.tolist(),
-            volume.tolist(),
+        meta = self._meta
+        self._host_table.reserve(meta, _HOST_FREE, n)
+        self._pair_table.reserve(meta, _PAIR_FREE, n)
+        self._service_table.reserve(meta, _SERVICE_FREE, n)
+        h, p, s = self._host_table.arrays, self._pair_table.arrays, self._service_table.arrays
+        src = _key_hash(batch.text("src_ip"))
+        pair = _combined(src, _key_hash(batch.text("dst_ip")))
+        self.evicted += _fold(
+            ts,
+            src,
+            pair,
+            _combined(pair, codes),
+            failed,
+            np.ascontiguousarray(volume, dtype=np.float64),
+            self._windows,
+            self.max_peers,
+            self.max_keys,
+            self.idle_timeout,
+            self._origin + self.windows[-1],
+            self._clock_cell,
+            self._hosts,
+            self._pairs,
+            self._services,
+            meta,
+            self._host_table.free,
+            h["key"],
+            h["seen"],
+            h["stats"],
+            h["links"],
+            self._pair_table.free,
+            p["key"],
+            p["stats"],
+            p["links"],
+            self._service_table.free,
+            s["key"],
+            s["seen"],
+            s["links"],
+            out,
+            warm,
         )
-        out = np.array(flat, dtype=np.float64).reshape(n, len(self.names))
-        self._evict()
-        return {name: out[:, j] for j, name in enumerate(self.names)}, np.array(warm, dtype=bool)
-
-    def _fold(
-        self,
-        ts: list[float],
-        src: list[str],
-        dst: list[str],
-        port: list[float],
-        failed: list[bool],
-        volume: list[float],
-    ) -> tuple[list[float], list[bool]]:
-        """The per-record loop of :meth:`update`, flattened for speed.
-
-        It does exactly the arithmetic of :meth:`_update_row` (the readable
-        form, kept as the reference that tests compare against), in the same
-        order, so the outputs are bit-identical; only calls, attribute look-ups
-        and array element access are taken out of the loop.
-
-        Returns:
-            The context values row after row (rows x columns, flattened), and
-            the warming-up flag of each row.
-        """
-        hosts, windows, max_peers = self._hosts, self.windows, self.max_peers
-        longest, k, clock = windows[-1], len(windows), self._clock
-        if self._origin is None and ts:
-            self._origin = ts[0]
-        settled_from = (self._origin if self._origin is not None else 0.0) + longest
-        exp, sqrt, inf = math.exp, math.sqrt, math.inf
-        flat: list[float] = []
-        extend = flat.extend
-        warm: list[bool] = []
-        for t, s, d, p, f, v in zip(ts, src, dst, port, failed, volume, strict=True):
-            host = hosts.get(s)
-            if host is None:
-                host = _Host(t, [0.0] * k, [0.0] * k, [0.0] * k, [0.0] * k, [0.0] * k)
-                hosts[s] = host
-            else:
-                hosts.move_to_end(s)
-            last = host.last_seen
-            dt = t - last
-            if dt < 0.0:
-                dt = 0.0
-            host.last_seen = last if last > t else t
-            if t > clock:
-                clock = t
-
-            # The pair (source, destination): damped count and gap statistics.
-            peers = host.peers
-            peer = peers.get(d)
-            if peer is None:
-                peer = peers[d] = [t, 1.0, 0.0, 0.0]
-                while len(peers) > max_peers:
-                    peers.popitem(last=False)
-                gap_peer = inf
-            else:
-                peers.move_to_end(d)
-                seen = peer[0]
-                gap_peer = t - seen
-                if gap_peer < 0.0:
-                    gap_peer = 0.0
-                peer[0] = seen if seen > t else t
-                peer[1] = peer[1] * exp(-gap_peer / longest) + 1.0
-                delta = gap_peer - peer[2]
-                peer[2] += delta / 8.0
-                peer[3] = 0.875 * (peer[3] + delta * delta / 8.0)
-
-            # The service (destination, port): time since it was last contacted.
-            services, key = host.services, (d, p)
-            before = services.get(key)
-            services[key] = t
-            if before is None:
-                while len(services) > max_peers:
-                    services.popitem(last=False)
-                gap_service = inf
-            else:
-                services.move_to_end(key)
-                gap_service = t - before
-                if gap_service < 0.0:
-                    gap_service = 0.0
-
-            conns, new_hosts, new_ports = host.conns, host.hosts, host.ports
-            fails, volumes = host.failed, host.volume
-            for j, w in enumerate(windows):
-                decay = exp(-dt / w)
-                c = conns[j] = conns[j] * decay + 1.0
-                h = new_hosts[j] = new_hosts[j] * decay + (gap_peer > w)
-                o = new_ports[j] = new_ports[j] * decay + (gap_service > w)
-                x = fails[j] = fails[j] * decay + f
-                b = volumes[j] = volumes[j] * decay + v
-                extend((c / w, h, o, x / c, b / w))
-
-            count, mean, spread = peer[1], peer[2], peer[3]
-            if count < 3.0 or mean <= 0.0:
-                regularity = 0.0
-            else:
-                regularity = 1.0 / (1.0 + sqrt(0.0 if spread < 0.0 else spread) / mean)
-            extend((count, regularity))
-            warm.append(t < settled_from)
-        self._clock = clock
-        return flat, warm
-
-    def _update_row(
-        self,
-        row: npt.NDArray[np.float64],
-        t: float,
-        src: str,
-        dst: str,
-        port: float,
-        failed: bool,
-        volume: float,
-    ) -> bool:
-        if self._origin is None:
-            self._origin = t
-        host = self._hosts.get(src)
-        if host is None:
-            k = len(self.windows)
-            host = _Host(t, [0.0] * k, [0.0] * k, [0.0] * k, [0.0] * k, [0.0] * k)
-            self._hosts[src] = host
-        else:
-            self._hosts.move_to_end(src)
-        dt = max(t - host.last_seen, 0.0)
-        host.last_seen = max(t, host.last_seen)
-        self._clock = max(self._clock, t)
-
-        gap_peer = self._touch_peer(host, dst, t)
-        gap_service = self._touch_service(host, dst, port, t)
-        j = 0
-        for k, w in enumerate(self.windows):
-            decay = math.exp(-dt / w)
-            host.conns[k] = host.conns[k] * decay + 1.0
-            host.hosts[k] = host.hosts[k] * decay + (gap_peer > w)
-            host.ports[k] = host.ports[k] * decay + (gap_service > w)
-            host.failed[k] = host.failed[k] * decay + failed
-            host.volume[k] = host.volume[k] * decay + volume
-            row[j] = host.conns[k] / w
-            row[j + 1] = host.hosts[k]
-            row[j + 2] = host.ports[k]
-            row[j + 3] = host.failed[k] / host.conns[k]
-            row[j + 4] = host.volume[k] / w
-            j += 5
-        peer = host.peers[dst]
-        row[j] = peer[1]
-        row[j + 1] = _regularity(peer)
-        return t < self._origin + self.windows[-1]
-
-    def _touch_peer(self, host: _Host, dst: str, t: float) -> float:
-        """Update the pair statistics; return the gap since the last contact."""
-        longest = self.windows[-1]
-        peer = host.peers.get(dst)
-        if peer is None:
-            host.peers[dst] = [t, 1.0, 0.0, 0.0]
-            self._trim(host.peers)
-            return math.inf
-        host.peers.move_to_end(dst)
-        gap = max(t - peer[0], 0.0)
-        peer[0] = max(t, peer[0])
-        peer[1] = peer[1] * math.exp(-gap / longest) + 1.0
-        # Welford-style damped mean and variance of the gaps (weight 1/8).
-        delta = gap - peer[2]
-        peer[2] += delta / 8.0
-        peer[3] = 0.875 * (peer[3] + delta * delta / 8.0)
-        return gap
-
-    def _touch_service(self, host: _Host, dst: str, port: float, t: float) -> float:
-        key = (dst, port)
-        last = host.services.get(key)
-        host.services[key] = t
-        host.services.move_to_end(key)
-        self._trim(host.services)
-        return math.inf if last is None else max(t - last, 0.0)
-
-    def _trim(self, table: OrderedDict[Any, Any]) -> None:
-        while len(table) > self.max_peers:
-            table.popitem(last=False)
-
-    def _evict(self) -> None:
-        horizon = self._clock - self.idle_timeout
-        hosts = self._hosts
-        while hosts and (
-            len(hosts) > self.max_keys or next(iter(hosts.values())).last_seen < horizon
-        ):
-            hosts.popitem(last=False)
-            self.evicted += 1
-
-    def forget(self) -> None:
-        """Drop all state (for example after partitions were revoked)."""
-        self._hosts.clear()
-        self._origin = None
+        return {name: out[:, j] for j, name in enumerate(self.names)}, warm
 
 
-def _regularity(peer: list[float]) -> float:
-    """1 for perfectly periodic contacts, towards 0 for irregular ones."""
-    if peer[1] < 3.0 or peer[2] <= 0.0:
-        return 0.0
-    cv = math.sqrt(max(peer[3], 0.0)) / peer[2]
-    return 1.0 / (1.0 + cv)
+def warm_up() -> None:
+    """Compile the update (or load it from numba's cache) on a two-row batch.
+
+    The first call in a process takes a few seconds without a cache and well
+    under one with it; later calls cost microseconds.
+    """
+    rows: dict[str, list[object]] = {
+        "ts": [0.0, 1.0],
+        "src_ip": ["192.0.2.1", "192.0.2.1"],
+        "dst_ip": ["192.0.2.2", "192.0.2.3"],
+        "dst_port": [443.0, None],
+        "proto": [6.0, 6.0],
+    }
+    FlowContext(max_keys=1, max_peers=1).update(from_columns(rows, 2))

@@ -35,7 +35,7 @@ from detector.stream.alerts import Origin, build_alert
 from detector.stream.backpressure import Backpressure
 from detector.stream.delivery import Delivery, Outgoing, make_delivery
 from detector.stream.transport import Message, TopicPartition, Transport
-from features.context import FlowContext
+from features.context import FlowContext, warm_up
 from features.formats import Decoded, FormatAdapter, get_adapter
 from features.packets import PacketVectorizer
 from features.records import FLOW_FIELDS, FlowBatch, Reject
@@ -417,6 +417,7 @@ class Detector:
         if spec.record == "packet":
             return PacketVectorizer.reuse(spec, context, c.max_keys, c.idle_timeout_s)
         if not isinstance(context, FlowContext) or context.windows != spec.windows:
+            warm_up()  # compile before the first batch, not inside its latency
             context = FlowContext(spec.windows, c.max_keys, c.idle_timeout_s)
         return FlowVectorizer(spec, context)
 
