@@ -24,6 +24,7 @@ from typing import Final
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 
 FloatArray = npt.NDArray[np.float64]
 ObjectArray = npt.NDArray[np.object_]
@@ -175,6 +176,11 @@ def _numeric(column: Sequence[object] | npt.NDArray[np.generic] | None, n: int) 
         return np.full(n, np.nan)
     if isinstance(column, np.ndarray) and column.dtype.kind in "fiub":
         return column.astype(np.float64, copy=False)
+    if not isinstance(column, np.ndarray):
+        try:  # the common case, nothing missing: one C-level conversion
+            return np.array(column, dtype=np.float64)
+        except (TypeError, ValueError):
+            pass
     return np.array([np.nan if v is None else v for v in column], dtype=np.float64)
 
 
@@ -183,6 +189,13 @@ def _strings(column: Sequence[object] | npt.NDArray[np.generic] | None, n: int) 
     if column is not None:
         out[:] = list(column) if not isinstance(column, np.ndarray) else column
     return out
+
+
+def protocol_numbers(values: Sequence[object]) -> FloatArray:
+    """:func:`protocol_number` of a whole column, each distinct value mapped once."""
+    codes, uniques = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=True)
+    mapped = np.array([protocol_number(v) for v in uniques] + [np.nan], dtype=np.float64)
+    return mapped[codes]
 
 
 def protocol_number(value: object) -> float:

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 
 F32 = npt.NDArray[np.float32]
 Raw = npt.NDArray[Any]
@@ -226,9 +227,10 @@ def _as_text(values: Raw) -> list[str]:
 
 
 def _unique(values: Raw) -> tuple[Raw, npt.NDArray[np.intp]]:
-    """Distinct values and, for each input, the index of its distinct value."""
-    array = np.asarray(values)
-    if array.dtype.kind == "f":
-        return np.unique(array, return_inverse=True)
-    text = np.where(array == None, MISSING, array).astype(str)  # noqa: E711
-    return np.unique(text, return_inverse=True)
+    """Distinct values and, for each input, the index of its distinct value.
+
+    Hash-based (no sort); a missing value (``None`` or ``NaN``) is a distinct
+    value of its own, which :func:`_as_text` names.
+    """
+    codes, uniques = pd.factorize(np.asarray(values), use_na_sentinel=False)
+    return np.asarray(uniques), codes.astype(np.intp, copy=False)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 
 from features.records import REQUIRED_FIELDS, STRING_FIELDS, FlowBatch, Reject
 
@@ -82,9 +83,13 @@ def validate(batch: FlowBatch, now: float | None = None) -> Decoded:
     """
     n = len(batch)
     reason: npt.NDArray[np.object_] = np.full(n, None, dtype=object)
+    clean = np.ones(n, dtype=bool)  # no problem found yet
 
     def flag(mask: npt.NDArray[np.bool_], why: str) -> None:
-        reason[mask & (reason == None)] = why  # noqa: E711 - element-wise
+        hit = mask & clean
+        if hit.any():
+            reason[hit] = why
+            clean[hit] = False
 
     for name in REQUIRED_FIELDS:
         col = batch.columns[name]
@@ -105,43 +110,78 @@ def validate(batch: FlowBatch, now: float | None = None) -> Decoded:
     with np.errstate(invalid="ignore"):
         flag(batch.num("ts") > limit, "field 'ts' is more than a day in the future")
     for name in STRING_FIELDS:
-        too_long = [isinstance(v, str) and len(v) > MAX_TEXT_CHARS for v in batch.columns[name]]
         flag(
-            np.array(too_long, dtype=bool),
+            _per_distinct(batch.columns[name], _too_long, missing=False),
             f"field '{name}' is longer than {MAX_TEXT_CHARS} characters",
         )
     for name in ("src_ip", "dst_ip"):
-        flag(~_valid_addresses(batch.columns[name]), f"field '{name}' is not an IP address")
+        # Absence is the required-field check's business.
+        valid = _per_distinct(batch.columns[name], _valid_address, missing=True)
+        flag(~valid, f"field '{name}' is not an IP address")
 
-    bad_rows = np.flatnonzero(reason != None)  # noqa: E711
+    bad_rows = np.flatnonzero(~clean)
     rejects = [Reject(int(batch.position[i]), str(reason[i])) for i in bad_rows]
-    return Decoded(batch=batch.take(reason == None), rejects=rejects)  # noqa: E711
+    return Decoded(batch=batch if clean.all() else batch.take(clean), rejects=rejects)
 
 
-_ADDRESS_CACHE: dict[object, bool] = {}
+_ADDRESS_CACHE: dict[str, bool] = {}
 _ADDRESS_CACHE_LIMIT = 1 << 16
 
 
-def _valid_addresses(column: npt.NDArray[np.generic]) -> npt.NDArray[np.bool_]:
-    """Check IPv4/IPv6 addresses, parsing each distinct value once."""
+def _per_distinct(
+    column: npt.NDArray[np.generic],
+    test: Callable[[npt.NDArray[np.object_]], npt.NDArray[np.bool_]],
+    missing: bool,
+) -> npt.NDArray[np.bool_]:
+    """``test`` of every value of a text column, evaluated once per distinct value.
+
+    ``test`` takes an object array of values and returns one verdict each;
+    ``missing`` is the verdict for ``None``.
+    """
+    try:
+        codes, uniques = pd.factorize(column, use_na_sentinel=True)
+    except TypeError:  # an unhashable value: a malformed record, so go value by value
+        return np.array(
+            [missing if v is None else bool(test(np.array([v], dtype=object))[0]) for v in column],
+            dtype=bool,
+        )
+    verdicts = np.append(test(np.asarray(uniques, dtype=object)), False)
+    out: npt.NDArray[np.bool_] = verdicts[codes]
+    absent = codes < 0  # None, or a float NaN that is not text at all
+    if absent.any():
+        nan_like = np.array([v is not None for v in column[absent]], dtype=bool)
+        out[absent] = ~nan_like if missing else False
+    return out
+
+
+def _too_long(values: npt.NDArray[np.object_]) -> npt.NDArray[np.bool_]:
+    try:  # all text, the usual case: one C-level pass
+        lengths = np.fromiter(map(len, values), dtype=np.int64, count=values.shape[0])
+        return lengths > MAX_TEXT_CHARS
+    except TypeError:
+        return np.array([isinstance(v, str) and len(v) > MAX_TEXT_CHARS for v in values], bool)
+
+
+def _valid_address(values: npt.NDArray[np.object_]) -> npt.NDArray[np.bool_]:
+    """Tell which values are IPv4 or IPv6 addresses (cached by value)."""
     import ipaddress
 
-    out = np.ones(column.shape[0], dtype=bool)
-    for i, value in enumerate(column):
-        if value is None:
-            continue  # absence is the required-field check's business
-        if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
-            out[i] = False  # refused for its length; not worth a cache entry
+    cache = _ADDRESS_CACHE
+    known = [cache.get(v) for v in values]
+    if None not in known:
+        return np.array(known, dtype=bool)
+    for i, value in enumerate(values):
+        if known[i] is not None:
             continue
-        ok = _ADDRESS_CACHE.get(value)
-        if ok is None:
-            try:
-                ipaddress.ip_address(value)  # type: ignore[arg-type]
-                ok = True
-            except (ValueError, TypeError):
-                ok = False
-            if len(_ADDRESS_CACHE) >= _ADDRESS_CACHE_LIMIT:
-                _ADDRESS_CACHE.clear()
-            _ADDRESS_CACHE[value] = ok
-        out[i] = ok
-    return out
+        if not isinstance(value, str) or len(value) > MAX_TEXT_CHARS:
+            known[i] = False  # refused for its type or length; not worth a cache entry
+            continue
+        try:
+            ipaddress.ip_address(value)
+            ok = True
+        except ValueError:
+            ok = False
+        if len(cache) >= _ADDRESS_CACHE_LIMIT:
+            cache.clear()
+        known[i] = cache[value] = ok
+    return np.array(known, dtype=bool)
