@@ -256,7 +256,7 @@ class CicFlowMeter:
 
     def decode(self, values: Sequence[bytes]) -> Decoded:
         """Decode CSV lines and/or JSON objects; header lines are skipped."""
-        is_json = [v.lstrip()[:1] == b"{" for v in values]
+        is_json = [v[:1] == b"{" or (v[:1].isspace() and v.lstrip()[:1] == b"{") for v in values]
         if not any(is_json):
             return self._decode_csv(values)
         if all(is_json):
@@ -302,7 +302,7 @@ class CicFlowMeter:
     def _decode_csv(self, values: Sequence[bytes]) -> Decoded:
         """Decode CSV lines, letting header lines change the column order."""
         joined = b"\n".join(values)
-        headers = _header_positions(values, joined)
+        headers = _header_positions(values)
         if not headers:
             return self._decode_lines(values, joined)
         parts: list[Decoded] = []
@@ -373,14 +373,19 @@ def _is_header(text: str) -> bool:
     return "flow_duration" in keys and "protocol" in keys
 
 
-def _header_positions(values: Sequence[bytes], joined: bytes) -> list[int]:
-    """Positions of header lines (those naming ``Flow Duration`` columns)."""
-    if b"uration" not in joined:
-        return []
+def _header_positions(values: Sequence[bytes]) -> list[int]:
+    """Positions of header lines (those naming ``Flow Duration`` columns).
+
+    A header starts with a column name and a data line usually with a digit
+    (a flow id, an IPv4 address, a port): only the lines that do not are
+    searched.
+    """
     return [
         i
         for i, v in enumerate(values)
-        if b"duration" in v.lower() and _is_header(v.decode(errors="replace"))
+        if not v[:1].isdigit()
+        and b"duration" in v.lower()
+        and _is_header(v.decode(errors="replace"))
     ]
 
 
