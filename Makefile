@@ -60,6 +60,7 @@ check: lint typecheck deploy-check test ## Everything CI runs, and the linters
 
 bench: venv ## Throughput benchmarks through a real broker (writes docs/ and bench/results/)
 	$(BIN)/python -m bench.formats
+	$(BIN)/python -m bench.packets
 	$(BIN)/python -m bench.throughput $(BENCH_ARGS)
 
 # Settings `make demo` leaves; `make retrain` uses them unless NETFRAUD_CONFIG is set.

@@ -337,9 +337,16 @@ def main() -> int:
     parser.add_argument("--kitsune-runs", type=int, default=1, help="0 to skip Kitsune")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
+    if not SOURCE.exists():
+        print(f"packet benchmark skipped: {SOURCE} not found (the shared Slips captures)")
+        return 0
     figures = run(args.kitsune_runs)
     text = section(figures)
     print(text)
+    if "error" in figures["kitsune"] and not args.no_write:
+        # Without the comparison the section would lose its ratios: keep the last one.
+        print(f"Kitsune not measured ({figures['kitsune']['error']}); docs left as they are")
+        return 0
     if not args.no_write:
         results = ROOT / "bench" / "results"
         results.mkdir(parents=True, exist_ok=True)
