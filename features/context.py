@@ -135,41 +135,22 @@ def _append(links: I64, ends: I64, at: int, slot: int) -> None:
 
 
 @_compiled
-def _drop_pair(
-    pairs: Any,
-    meta: I64,
-    pair_free: I64,
-    pair_key: I64,
-    pair_links: I64,
-    host_links: I64,
-    host: int,
+def _drop_oldest(
+    table: Any, keys: I64, links: I64, free: I64, meta: I64, top: int, ends: I64, at: int
 ) -> None:
-    """Forget the least recently used destination of ``host``."""
-    slot = host_links[host, _PAIRS]
-    del pairs[pair_key[slot]]
-    _unlink(pair_links, host_links[host], _PAIRS, slot)
-    host_links[host, _PAIRS + 2] -= 1
-    pair_free[meta[_PAIR_FREE]] = slot
-    meta[_PAIR_FREE] += 1
+    """Forget the least recently used entry of the list ``ends[at:at + 3]``
+    (head, tail, count), freeing its slot onto the stack counted by ``meta[top]``.
 
-
-@_compiled
-def _drop_service(
-    services: Any,
-    meta: I64,
-    service_free: I64,
-    service_key: I64,
-    service_links: I64,
-    host_links: I64,
-    host: int,
-) -> None:
-    """Forget the least recently used service of ``host``."""
-    slot = host_links[host, _SERVICES]
-    del services[service_key[slot]]
-    _unlink(service_links, host_links[host], _SERVICES, slot)
-    host_links[host, _SERVICES + 2] -= 1
-    service_free[meta[_SERVICE_FREE]] = slot
-    meta[_SERVICE_FREE] += 1
+    The same for every table: a host's destinations (``ends`` its row of
+    ``host_links``, ``at`` = ``_PAIRS``) or services, or the hosts themselves
+    (``ends`` = ``meta``, ``at`` = ``_HEAD``).
+    """
+    slot = ends[at]
+    del table[keys[slot]]
+    _unlink(links, ends, at, slot)
+    ends[at + 2] -= 1
+    free[meta[top]] = slot
+    meta[top] += 1
 
 
 @_compiled
@@ -228,8 +209,10 @@ def _fold(
             host_key[host] = src[i]
             host_seen[host] = t
             host_stats[host, :] = 0.0
-            for j in range(2, 8):
-                host_links[host, j] = -1 if j != 4 and j != 7 else 0
+            for at in (_PAIRS, _SERVICES):  # empty lists: head, tail, count
+                host_links[host, at] = -1
+                host_links[host, at + 1] = -1
+                host_links[host, at + 2] = 0
             meta[_COUNT] += 1
         else:
             _unlink(host_links, meta, _HEAD, host)
@@ -256,7 +239,16 @@ def _fold(
             _append(pair_links, host_links[host], _PAIRS, pair)
             host_links[host, _PAIRS + 2] += 1
             while host_links[host, _PAIRS + 2] > max_peers:
-                _drop_pair(pairs, meta, pair_free, pair_key, pair_links, host_links, host)
+                _drop_oldest(
+                    pairs,
+                    pair_key,
+                    pair_links,
+                    pair_free,
+                    meta,
+                    _PAIR_FREE,
+                    host_links[host],
+                    _PAIRS,
+                )
             gap_peer = np.inf
         else:
             _unlink(pair_links, host_links[host], _PAIRS, pair)
@@ -282,14 +274,15 @@ def _fold(
             _append(service_links, host_links[host], _SERVICES, service)
             host_links[host, _SERVICES + 2] += 1
             while host_links[host, _SERVICES + 2] > max_peers:
-                _drop_service(
+                _drop_oldest(
                     services,
-                    meta,
-                    service_free,
                     service_key,
                     service_links,
-                    host_links,
-                    host,
+                    service_free,
+                    meta,
+                    _SERVICE_FREE,
+                    host_links[host],
+                    _SERVICES,
                 )
             gap_service = np.inf
         else:
@@ -373,23 +366,21 @@ def _evict(
         host = meta[_HEAD]
         if meta[_COUNT] <= max_keys and host_seen[host] >= horizon:
             break
-        while host_links[host, _PAIRS + 2] > 0:
-            _drop_pair(pairs, meta, pair_free, pair_key, pair_links, host_links, host)
-        while host_links[host, _SERVICES + 2] > 0:
-            _drop_service(
+        ends = host_links[host]
+        while ends[_PAIRS + 2] > 0:
+            _drop_oldest(pairs, pair_key, pair_links, pair_free, meta, _PAIR_FREE, ends, _PAIRS)
+        while ends[_SERVICES + 2] > 0:
+            _drop_oldest(
                 services,
-                meta,
-                service_free,
                 service_key,
                 service_links,
-                host_links,
-                host,
+                service_free,
+                meta,
+                _SERVICE_FREE,
+                ends,
+                _SERVICES,
             )
-        del hosts[host_key[host]]
-        _unlink(host_links, meta, _HEAD, host)
-        host_free[meta[_HOST_FREE]] = host
-        meta[_HOST_FREE] += 1
-        meta[_COUNT] -= 1
+        _drop_oldest(hosts, host_key, host_links, host_free, meta, _HOST_FREE, meta, _HEAD)
         dropped += 1
     return dropped
 
