@@ -13,9 +13,14 @@ Headers = list[tuple[str, bytes]]
 TopicPartition = tuple[str, int]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Message:
-    """One consumed record and where it came from."""
+    """One consumed record and where it came from.
+
+    Treat it as read-only. It is not a frozen dataclass because one is built
+    per consumed record, and a frozen one costs about five times as much to
+    build (1.6 against 0.3 µs), about 6% of the loop's whole cost per record.
+    """
 
     topic: str
     partition: int
