@@ -195,22 +195,58 @@ class FittedSpec:
             Dicts with ``name``, ``label``, ``observed``, ``expected`` and
             ``share`` (this field's part of the row's total error, 0-1).
         """
-        per_field = np.bincount(self.field_of_column, weights=errors, minlength=len(self.fields))
-        total = float(per_field.sum()) or 1.0
-        starts = np.concatenate([[0], np.cumsum([t.width() for t in self.transforms])])
+        raw = {name: _column(value) for name, value in raw_row.items()}
+        return self.explain_rows(
+            raw, np.zeros(1, np.int64), reconstructed[None, :], errors[None, :], top
+        )[0]
+
+    def explain_rows(
+        self,
+        raw: Mapping[str, npt.NDArray[Any]],
+        rows: npt.NDArray[np.int64],
+        reconstructed: F32,
+        errors: F32,
+        top: int = 3,
+    ) -> list[list[dict[str, Any]]]:
+        """:meth:`explain` for the rows ``rows`` of a batch.
+
+        Args:
+            raw: The batch's raw columns.
+            rows: Which rows to explain (indexes into ``raw``, ``reconstructed`` and ``errors``).
+            reconstructed: The model's output for the batch (rows x width).
+            errors: Per-column error contributions for the batch (rows x width).
+            top: How many fields to return per row.
+
+        The per-field error sums and their ranking are computed for all rows
+        at once; only each row's top fields are then looked at one by one.
+        """
+        widths = np.array([t.width() for t in self.transforms], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
+        # Each field's columns summed for every row at once. (Not a product with
+        # a 0/1 matrix: BLAS would start threads of its own for it.)
+        per_field = np.add.reduceat(np.asarray(errors[rows], dtype=np.float64), starts[:-1], axis=1)
+        per_field[:, widths == 0] = 0.0  # reduceat gives an empty block the next column
+        starts = starts.tolist()
+        totals = per_field.sum(axis=1)
+        totals[totals == 0] = 1.0
+        shares = (per_field / totals[:, None]).tolist()
+        ranked = np.argsort(-per_field, axis=1, kind="stable")[:, :top].tolist()
         out = []
-        for k in np.argsort(-per_field)[:top]:
-            f, t = self.fields[k], self.transforms[k]
-            block = reconstructed[starts[k] : starts[k + 1]]
-            out.append(
-                {
-                    "name": f.name,
-                    "label": f.label or f.name,
-                    "observed": _plain(raw_row.get(f.name)),
-                    "expected": _plain(t.expected(block)),
-                    "share": round(float(per_field[k]) / total, 4),
-                }
-            )
+        for r, i in enumerate(rows.tolist()):
+            reasons = []
+            for k in ranked[r]:
+                f, t = self.fields[k], self.transforms[k]
+                column = raw.get(f.name)
+                reasons.append(
+                    {
+                        "name": f.name,
+                        "label": f.label or f.name,
+                        "observed": _plain(column[i] if column is not None else None),
+                        "expected": _plain(t.expected(reconstructed[i, starts[k] : starts[k + 1]])),
+                        "share": round(shares[r][k], 4),
+                    }
+                )
+            out.append(reasons)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -231,6 +267,13 @@ class FittedSpec:
         transforms = [make(d["kind"], dict(d["params"])) for d in data["fields"]]
         windows = tuple(data.get("windows", ctx.DEFAULT_WINDOWS))
         return cls(fields, transforms, windows, data.get("record", "flow"))
+
+
+def _column(value: Any) -> npt.NDArray[Any]:
+    """One raw value as a one-row column."""
+    column = np.empty(1, dtype=object)
+    column[0] = value
+    return column
 
 
 def _plain(value: Any) -> Any:

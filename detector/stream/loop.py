@@ -258,26 +258,35 @@ class Detector:
             return [], 0
         scores = result.scores[flagged]
         severity, risk = calibration.severity(scores), calibration.risk(scores)
-        top = self.settings.model.explain_top
+        explained = active.bundle.spec.explain_rows(
+            vectors.raw,
+            flagged,
+            result.reconstructed,
+            result.errors,
+            self.settings.model.explain_top,
+        )
+        # The flagged rows' canonical fields, one conversion per column.
+        columns = [vectors.raw[name][flagged].tolist() for name in FLOW_FIELDS]
+        rows = [
+            dict(zip(FLOW_FIELDS, values, strict=True)) for values in zip(*columns, strict=True)
+        ]
+        positions = batch.position[flagged].tolist()
+        warming = vectors.warming[flagged].tolist()
         alerts = []
-        for j, i in enumerate(flagged):
-            message = messages[int(batch.position[i])]
-            row = {name: vectors.raw[name][i] for name in vectors.raw}
-            reasons = active.bundle.spec.explain(
-                row, result.reconstructed[i], result.errors[i], top
-            )
+        for j, (row, reasons) in enumerate(zip(rows, explained, strict=True)):
+            message = messages[positions[j]]
             document = build_alert(
                 origin=Origin(
                     message.topic, message.partition, message.offset, self._format(message.topic)
                 ),
-                row={name: row[name] for name in FLOW_FIELDS},
+                row=row,
                 score=float(scores[j]),
                 threshold=calibration.threshold,
                 severity=str(severity[j]),
                 risk=float(risk[j]),
                 reasons=reasons,
                 model_version=active.bundle.version,
-                warming_up=bool(vectors.warming[i]),
+                warming_up=warming[j],
             )
             key = row["src_ip"].encode() if row.get("src_ip") else message.key
             alerts.append(Alert(key, document, message.timestamp_ms))

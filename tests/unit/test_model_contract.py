@@ -113,3 +113,34 @@ def test_calibrated_threshold_holds_on_held_out_normal_flows(bundle: Bundle) -> 
     print(f"target=0.01 measured={fpr:.4f}")
     # 600 calibration rows put a 1% quantile within about +-40%.
     assert 0.01 / 2 <= fpr <= 0.01 * 2
+
+
+def test_explanations_rank_fields_by_error_share_in_original_units(bundle: Bundle) -> None:
+    """Each reason is a field, its observed and expected value, and its share of
+    the row's error; shares fall and sum to at most 1; a batch's rows are
+    explained exactly as one row at a time."""
+    from features.spec import FlowVectorizer
+
+    batch = _flows(400, 7, attacks=True)
+    vectors = FlowVectorizer(bundle.spec)(batch)
+    result = bundle.scorer().score(vectors.matrix)
+    rows = np.argsort(-result.scores)[:25]
+    many = bundle.spec.explain_rows(vectors.raw, rows, result.reconstructed, result.errors, 3)
+    names = {f.name for f in bundle.spec.fields}
+    for i, reasons in zip(rows.tolist(), many, strict=True):
+        assert len(reasons) == 3 and {r["name"] for r in reasons} <= names
+        shares = [r["share"] for r in reasons]
+        assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1.0001
+        raw_row = {name: column[i] for name, column in vectors.raw.items()}
+        one = bundle.spec.explain(raw_row, result.reconstructed[i], result.errors[i], 3)
+        assert one == reasons
+        per_field = np.bincount(
+            bundle.spec.field_of_column, weights=result.errors[i], minlength=len(names)
+        )
+        top = int(np.argmax(per_field))
+        assert reasons[0]["name"] == bundle.spec.fields[top].name
+        assert reasons[0]["share"] == pytest.approx(per_field[top] / per_field.sum(), abs=1e-4)
+        for r in reasons:
+            observed = vectors.raw[r["name"]][i]
+            if isinstance(observed, float) and not np.isnan(observed):
+                assert r["observed"] == round(observed, 4)
