@@ -24,8 +24,9 @@ partitions, trains a small model once (cached in ``.bench/``), then measures:
     timestamp. The first second of load is left out (cold start).
 (f) peak RSS of each serve process: ``VmHWM`` from ``/proc/<pid>/status``,
     read while it runs.
-(g) scoring alone: the autoencoder on a 2,000-row batch, one torch thread as
-    serve uses, on CPU, and on CUDA when there is one.
+(g) scoring alone: the autoencoder on a 5,000-row batch (the default
+    micro-batch), one torch thread as serve uses, on CPU, and on CUDA when
+    there is one.
 (h) share of the busy time per loop stage (fetch, decode, features, score,
     decide, produce, commit), from ``final_summary``'s ``stage_seconds``.
 
@@ -61,6 +62,8 @@ from typing import Any
 
 import msgspec
 
+from detector.settings import ConsumerSettings
+
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".bench"
 RESULTS = ROOT / "bench" / "results" / "latest.json"
@@ -69,8 +72,8 @@ LOCALKAFKA = ROOT / "deploy" / "kafka" / "localkafka.py"
 
 #: Normal flows in the training file; the stream keeps its traffic rate.
 TRAIN_RECORDS = 60_000
-#: Rows per batch in the scoring benchmark (the default micro-batch).
-SCORING_BATCH = 2_000
+#: Rows per batch in the scoring and stage benchmarks: serve's default micro-batch.
+SCORING_BATCH = ConsumerSettings.model_fields["max_batch_records"].default
 #: Seconds a serve run may take before it is killed.
 RUN_TIMEOUT_S = 600.0
 #: The stages of the loop, in order, as named in ``stage_seconds``.
@@ -426,7 +429,7 @@ def confluent_ceiling(bootstrap: str, topic: str, total: int) -> float:
 
 def stage_costs(registry: Path, records: Sequence[tuple[bytes, bytes]]) -> dict[str, float]:
     """CPU microseconds per record of each in-process step of the loop, on
-    2,000-record batches of the first 100,000 records. Thread CPU time, so
+    5,000-record batches of the first 100,000 records. Thread CPU time, so
     whatever else the machine runs does not count."""
     import torch
 
@@ -697,7 +700,7 @@ def latency_run(
 
 
 def scoring_rates(registry: Path, records: Sequence[tuple[bytes, bytes]]) -> dict[str, float]:
-    """Rows per second of the autoencoder on a 2,000-row batch, per device."""
+    """Rows per second of the autoencoder on one micro-batch, per device."""
     import torch
 
     from detector.model.registry import Registry

@@ -91,7 +91,7 @@ class ConsumerSettings(_Section):
     """Consumer group and micro-batching."""
 
     group_id: str = "netfraud"
-    max_batch_records: int = Field(2_000, gt=0, description="records per micro-batch at most")
+    max_batch_records: int = Field(5_000, gt=0, description="records per micro-batch at most")
     max_batch_wait_ms: int = Field(200, ge=0, description="wait for a fuller batch at most")
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     session_timeout_ms: int = Field(10_000, gt=0)
