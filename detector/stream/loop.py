@@ -510,11 +510,12 @@ class Detector:
 
 def next_offsets(messages: list[Message]) -> dict[TopicPartition, int]:
     """For each partition in the batch, the offset after its last message."""
-    out: dict[TopicPartition, int] = {}
+    last: dict[TopicPartition, int] = {}
     for m in messages:
         key = (m.topic, m.partition)
-        out[key] = max(out.get(key, 0), m.offset + 1)
-    return out
+        if m.offset >= last.get(key, -1):
+            last[key] = m.offset
+    return {key: offset + 1 for key, offset in last.items()}
 
 
 def first_offsets(messages: list[Message]) -> dict[TopicPartition, int]:
