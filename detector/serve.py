@@ -25,6 +25,12 @@ from detector.stream.transport import Transport
 log = get_logger("serve")
 #: Seconds serve waits for the suppression rules before it starts scoring.
 SUPPRESSIONS_LOAD_TIMEOUT_S = 30.0
+#: The collector's thresholds while serving: a young-generation pass every
+#: 50,000 new container objects instead of 700. A batch makes a few per
+#: record (the clients' records, messages) that live until the batch is done,
+#: so at 700 the collector ran many times per batch only to find them alive
+#: (docs/performance.md has the figures). Cycles are still collected.
+GC_THRESHOLDS = (50_000, 20, 100)
 
 
 def make_transport(settings: Settings) -> Transport:
@@ -88,6 +94,7 @@ def serve(settings: Settings, stop_after_idle_s: float | None = None) -> int:
     # otherwise rescan it several times a second under load: about a fifth of
     # the loop's CPU time (docs/performance.md).
     gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
         detector.run(stop)
     finally:
