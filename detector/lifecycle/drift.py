@@ -44,6 +44,11 @@ BINS = 10
 LARGE_SHIFT = 0.25
 #: Label of the score distribution in ``netfraud_feature_drift_psi``.
 SCORE = "score"
+#: Rows of a batch binned for the drift histograms at most: a larger batch
+#: is thinned to every k-th row. PSI compares shares, which a thousand rows
+#: per batch estimate well, and binning every row of a 5,000-row batch cost
+#: about 2% of the loop.
+SAMPLE_ROWS = 1_000
 
 
 @dataclass(frozen=True)
@@ -171,7 +176,8 @@ class DriftMonitor:
 
     Every ``every_records`` records it sets ``netfraud_feature_drift_psi`` for
     each feature (and for the score distribution, label ``score``) from the
-    rows seen since the last update. It warns ``alert_rate_jump`` once the
+    rows seen since the last update (at most :data:`SAMPLE_ROWS` of each
+    batch, evenly spaced). It warns ``alert_rate_jump`` once the
     share of rows at or above the threshold, over the last
     ``alert_window_records`` records, has stayed above ``alert_rate_factor``
     times the bundle's calibrated false-positive rate for
@@ -203,12 +209,14 @@ class DriftMonitor:
         self._watch_alert_rate(scores, bundle)
         if self._reference is None:
             return
-        settled = ~vectors.warming  # context features of warming rows are incomplete
+        step = max(1, -(-scores.size // SAMPLE_ROWS))  # ceiling division
+        rows = np.arange(0, scores.size, step)
+        settled = rows[~vectors.warming[rows]]  # context features of warming rows are incomplete
         for name, hist in self._reference.features.items():
             if name in vectors.raw:
                 self._counts[name] += hist.counts(np.asarray(vectors.raw[name])[settled])
         if self._reference.score is not None:
-            self._counts[SCORE] += self._reference.score.counts(scores)
+            self._counts[SCORE] += self._reference.score.counts(scores[rows])
         self._seen += int(scores.size)
         if self._seen >= self.settings.every_records:
             self._publish()
