@@ -97,12 +97,13 @@ class ConsumerSettings(_Section):
     session_timeout_ms: int = Field(10_000, gt=0)
     heartbeat_interval_ms: int = Field(3_000, gt=0)
     max_poll_interval_ms: int = Field(300_000, gt=0)
-    fetch_max_bytes: int = Field(52_428_800, gt=0)
+    fetch_max_bytes: int = Field(
+        16_777_216, gt=0, description="most bytes one fetch returns, all partitions together"
+    )
     max_partition_fetch_bytes: int = Field(
-        1_048_576,
+        2_097_152,
         gt=0,
-        description="per-partition fetch size; larger buffers more memory, no faster here "
-        "(docs/performance.md)",
+        description="per-partition fetch size; larger buffers more memory (docs/performance.md)",
     )
     group_instance_id: str | None = Field(None, description="static membership id")
     assignment_strategy: Literal["range", "roundrobin", "sticky", "cooperative-sticky"] = Field(
