@@ -82,9 +82,30 @@ class TopicSettings(_Section):
             else value
         )
 
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        _check_format(value)
+        return value
+
+    @field_validator("formats")
+    @classmethod
+    def _known_formats(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value.values():
+            _check_format(name)
+        return value
+
     def format_of(self, topic: str) -> str:
         """The record format of an input topic."""
         return self.formats.get(topic, self.format)
+
+
+def _check_format(name: str) -> None:
+    from features.formats import names
+
+    known = names()
+    if name not in known:
+        raise ValueError(f"unknown record format {name!r}; use one of: {', '.join(known)}")
 
 
 class ConsumerSettings(_Section):

@@ -123,6 +123,10 @@ class Detector:
         self.memory = MemoryWatchdog(settings.limits.max_rss_mb)
         self._stop = threading.Event()
         self.adapters: dict[str, FormatAdapter] = {}
+        # Loading the adapters imports every format module: do it now, not
+        # inside the first batch's latency (and fail on an unknown format now).
+        for topic in settings.topics.input:
+            self._adapter(topic)
         self.vectorizer = self._vectorizer(models.active, None)
         self.metrics.set_model(models.active.bundle.version)
         self.alive_at = time.monotonic()

@@ -67,6 +67,18 @@ def test_comma_separated_topics_from_environment() -> None:
     assert settings.topics.input == ("a", "b")
 
 
+def test_unknown_record_format_is_refused_naming_the_known_ones(tmp_path: Path) -> None:
+    """A misspelt format, global or per topic, fails at start-up, not at the first batch."""
+    with pytest.raises(ConfigError, match=r"topics\.format.*'zek'.*zeek"):
+        load_settings(environ={"NETFRAUD_TOPICS__FORMAT": "zek"})
+    config = tmp_path / "netfraud.toml"
+    config.write_text('[topics]\ninput = ["conn"]\nformats = { conn = "suricta" }\n')
+    with pytest.raises(ConfigError, match=r"topics\.formats.*'suricta'.*suricata"):
+        load_settings(config, environ={})
+    config.write_text('[topics]\ninput = ["conn"]\nformats = { conn = "suricata" }\n')
+    assert load_settings(config, environ={}).topics.format_of("conn") == "suricata"
+
+
 def test_a_topic_reader_without_a_broker_names_the_address_and_the_key() -> None:
     """No broker answering is a clear TransportError, not kafka-python's own exception."""
     from detector.errors import TransportError
