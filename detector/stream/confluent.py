@@ -194,6 +194,8 @@ class ConfluentTransport:
         self._topics = list(topics)
         self._warmup_records = settings.context.warmup_records
         self._assigned: list[TopicPartition] = []
+        # Partitions revoked while a batch is being gathered.
+        self._revoked_in_poll: set[TopicPartition] = set()
         self._warm_until: dict[TopicPartition, int] = {}
         self._paused = False
         self._cooperative = settings.consumer.assignment_strategy == "cooperative-sticky"
@@ -236,6 +238,7 @@ class ConfluentTransport:
 
     def poll(self, max_records: int, max_wait_ms: int) -> list[Message]:
         self._raise_if_fatal()
+        self._revoked_in_poll.clear()
         first = self.consumer.poll(IDLE_POLL_S)
         if first is None:
             return []
@@ -244,6 +247,10 @@ class ConfluentTransport:
         while len(raw) < max_records:
             left = deadline - time.monotonic()
             chunk = self.consumer.consume(max_records - len(raw), max(left, 0.0))
+            if self._revoked_in_poll:  # a rebalance inside consume(): see without_revoked
+                revoked = self._revoked_in_poll
+                raw = [m for m in raw if (m.topic(), m.partition()) not in revoked]
+                self._revoked_in_poll = set()
             raw += chunk
             if left <= 0 or not chunk:
                 break
@@ -514,6 +521,7 @@ class ConfluentTransport:
     def _forget(self, partitions: list[KafkaTopicPartition], event: str) -> None:
         gone = sorted((tp.topic, tp.partition) for tp in partitions)
         self._assigned = [tp for tp in self._assigned if tp not in gone]
+        self._revoked_in_poll.update(gone)
         for tp in gone:
             self._warm_until.pop(tp, None)
         if gone:

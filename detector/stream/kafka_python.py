@@ -29,7 +29,7 @@ from detector.errors import (
 from detector.logs import get_logger
 from detector.settings import Settings
 from detector.stream.delivery import transactional_id
-from detector.stream.transport import Headers, Message, TopicPartition
+from detector.stream.transport import Headers, Message, TopicPartition, without_revoked
 
 log = get_logger("transport")
 
@@ -88,9 +88,12 @@ class KafkaPythonTransport:
         base = connection_config(settings)
         self._assigned: list[TopicPartition] = []
         self._warmup_records = settings.context.warmup_records
+        self._reset_earliest = c.auto_offset_reset == "earliest"
         self._warm_until: dict[TopicPartition, int] = {}
         self._to_warm: list[KafkaTopicPartition] = []
         self._just_revoked: set[TopicPartition] = set()
+        # Partitions revoked while a batch is being gathered.
+        self._revoked_in_poll: set[TopicPartition] = set()
         self._to_resume: list[KafkaTopicPartition] = []
         # Per partition, the offset after the last batch handed to commit().
         self._done: dict[TopicPartition, int] = {}
@@ -140,11 +143,15 @@ class KafkaPythonTransport:
         out: list[Message] = []
         deadline: float | None = None
         timeout = IDLE_POLL_MS
+        self._revoked_in_poll.clear()
         while len(out) < max_records:
             try:
                 chunk = self.consumer.poll(timeout_ms=timeout, max_records=max_records - len(out))
             except kafka.errors.AuthorizationError as exc:
                 raise _denied(exc, "read the input topics and join the group") from exc
+            if self._revoked_in_poll:
+                out = without_revoked(out, self._revoked_in_poll)
+                self._revoked_in_poll.clear()
             rewound = self._rewind_for_warmup() | self._resume_kept()
             for tp, records in chunk.items():
                 if tp not in rewound:
@@ -294,28 +301,42 @@ class KafkaPythonTransport:
 
     def _resume_kept(self) -> set[KafkaTopicPartition]:
         """Move partitions that a rebalance handed straight back to where this
-        consumer had got to, and commit that.
+        consumer's delivery had got to, and commit that if it is ahead.
 
+        kafka-python keeps a partition's fetch position when an eager
+        rebalance hands it back, and that position may be past records that
+        were fetched but never delivered (dropped because the partition was
+        revoked before the batch was published): they must be read again.
         A commit refused during the rebalance leaves the committed offset
         behind a batch already delivered; reading from it would publish that
-        batch again and fold it into the context a second time. Returns the
-        partitions it moved.
+        batch again and fold it into the context a second time. So the
+        partition resumes from the later of the last delivered and the last
+        committed offset. Returns the partitions it moved.
         """
         pending, self._to_resume = self._to_resume, []
         owned = set(self.consumer.assignment())
-        moved = {}
+        moved, ahead = set(), {}
         for tp in pending:
-            done = self._done.get((tp.topic, tp.partition))
-            if tp in owned and done is not None and done > self.consumer.position(tp):
-                self.consumer.seek(tp, done)
-                moved[tp] = OffsetAndMetadata(done, "", -1)
+            if tp not in owned:
+                continue
+            committed = self.consumer.committed(tp)
+            resume = max(self._done.get((tp.topic, tp.partition), -1), committed or -1)
+            if resume < 0 and self._reset_earliest:  # nothing delivered or committed yet
+                resume = self.consumer.beginning_offsets([tp]).get(tp, -1)
+            if resume < 0 or resume == self.consumer.position(tp):
+                continue
+            self.consumer.seek(tp, resume)
+            moved.add(tp)
+            if committed is not None and resume > committed:
+                ahead[tp] = OffsetAndMetadata(resume, "", -1)
         if moved:
             log.info("resumed_after_rebalance", partitions=len(moved))
+        if ahead:
             try:
-                self.consumer.commit(moved)
+                self.consumer.commit(ahead)
             except kafka.errors.KafkaError as exc:  # the next batch commits it
                 log.warning("commit_failed", error=str(exc))
-        return set(moved)
+        return moved
 
     def _rewind_for_warmup(self) -> set[KafkaTopicPartition]:
         """Start newly assigned partitions a little before their committed
@@ -384,6 +405,7 @@ class _Listener(kafka.ConsumerRebalanceListener):  # type: ignore[misc]
         # back: the context of those partitions is intact and must not be fed
         # their recent records a second time by a warm-up.
         self.transport._just_revoked = {tp for tp in gone if tp not in self.transport._warm_until}
+        self.transport._revoked_in_poll.update(gone)
         for tp in gone:
             self.transport._warm_until.pop(tp, None)
         if gone:

@@ -114,3 +114,14 @@ class Transactional(Transport, Protocol):
     def abort_transaction(self) -> None:
         """Discard the open transaction's messages and offsets."""
         ...
+
+
+def without_revoked(messages: list[Message], revoked: set[TopicPartition]) -> list[Message]:
+    """The messages whose partition was not revoked while the batch was gathered.
+
+    A partition revoked mid-gather is read again from its last commit, by
+    its next owner, which may be this consumer straight back: scoring its
+    earlier records here as well would feed them to the context state twice
+    and publish alerts that the delivery would drop anyway.
+    """
+    return [m for m in messages if (m.topic, m.partition) not in revoked]
