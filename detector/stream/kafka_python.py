@@ -320,15 +320,16 @@ class KafkaPythonTransport:
             if tp not in owned:
                 continue
             committed = self.consumer.committed(tp)
-            resume = max(self._done.get((tp.topic, tp.partition), -1), committed or -1)
+            last = -1 if committed is None else committed
+            done = self._done.get((tp.topic, tp.partition), -1)
+            resume = max(done, last)
             if resume < 0 and self._reset_earliest:  # nothing delivered or committed yet
                 resume = self.consumer.beginning_offsets([tp]).get(tp, -1)
-            if resume < 0 or resume == self.consumer.position(tp):
-                continue
-            self.consumer.seek(tp, resume)
-            moved.add(tp)
-            if committed is not None and resume > committed:
-                ahead[tp] = OffsetAndMetadata(resume, "", -1)
+            if done > last:  # delivered, but the commit was refused
+                ahead[tp] = OffsetAndMetadata(done, "", -1)
+            if resume >= 0 and resume != self.consumer.position(tp):
+                self.consumer.seek(tp, resume)
+                moved.add(tp)
         if moved:
             log.info("resumed_after_rebalance", partitions=len(moved))
         if ahead:
