@@ -110,11 +110,13 @@ def summarise(reasons: list[dict[str, Any]]) -> str:
     """One line an analyst can read: ``label: observed, expected E; ...``."""
     parts = []
     for r in reasons:
-        parts.append(f"{r['label']}: {_fmt(r['observed'])}, expected {_fmt(r['expected'])}")
+        observed, expected = format_value(r["observed"]), format_value(r["expected"])
+        parts.append(f"{r['label']}: {observed}, expected {expected}")
     return "; ".join(parts)
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A feature value as an analyst reads it: 0.82, 443, 8,443; ``-`` for none."""
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
     return "-" if value is None else str(value)

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from detector.settings import Settings
+from detector.stream.alerts import format_value
 from detector.stream.kafka_python import connection_config
 from detector.tools.generate import DEFAULT_START, generate
 from detector.tools.replay import ensure_topic, json_lines, publish
@@ -206,7 +207,7 @@ def _report(summary: dict[str, Any], alerts: list[dict[str, Any]]) -> None:
         a = max(group, key=lambda x: x["event"]["risk_score"])
         n = a["netfraud"]
         why = "; ".join(
-            f"{r['label']}: {_short(r['observed'])} (expected {_short(r['expected'])})"
+            f"{r['label']}: {format_value(r['observed'])} (expected {format_value(r['expected'])})"
             for r in n["reasons"][:2]
         )
         view.add_row(
@@ -218,9 +219,3 @@ def _report(summary: dict[str, Any], alerts: list[dict[str, Any]]) -> None:
             why,
         )
     console.print(view)
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)

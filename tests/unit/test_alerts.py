@@ -8,7 +8,7 @@ import jsonschema
 import numpy as np
 
 from detector.model.threshold import Calibration
-from detector.stream.alerts import SCHEMA_PATH, Origin, build_alert, event_id
+from detector.stream.alerts import SCHEMA_PATH, Origin, build_alert, event_id, format_value
 
 
 def _alert(offset: int = 7, version: str = "v1") -> dict[str, object]:
@@ -57,6 +57,15 @@ def test_summary_reads_as_observed_versus_expected() -> None:
     """The one-line summary says what was seen and what was expected."""
     summary = _alert()["netfraud"]["summary"]  # type: ignore[index]
     assert summary == "new destination ports in 10s: 412, expected 3"
+
+
+def test_values_read_without_scientific_notation() -> None:
+    """Ports, counts and rates as an analyst reads them; absence as a dash."""
+    assert format_value(8443.0) == "8,443"
+    assert format_value(443.0) == "443"
+    assert format_value(0.8217) == "0.822"
+    assert format_value(None) == "-"
+    assert format_value("ssl") == "ssl"
 
 
 def test_risk_is_fifty_at_the_one_percent_tail() -> None:
