@@ -41,13 +41,13 @@ bit for bit.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import numba
 import numpy as np
 import numpy.typing as npt
 
+from features.compiled import compiled
 from features.records import FAILED_STATES, FlowBatch, from_columns
 
 #: One minute catches bursts (scans, floods, password guessing); one hour catches
@@ -61,21 +61,6 @@ NO_PORT = -1
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def _compiled(function: _F) -> _F:
-    """Compile with numba (no Python objects inside), caching the machine code on disk.
-
-    The cache goes beside the source, or under ``NUMBA_CACHE_DIR`` or the
-    user's cache directory when that is read-only; where nothing is writable
-    (a read-only container without a writable ``/tmp``) each process compiles
-    afresh, which costs a few seconds at start.
-    """
-    try:
-        return cast(_F, numba.njit(cache=True, nogil=True)(function))
-    except RuntimeError:  # "no locator available": no writable cache directory
-        return cast(_F, numba.njit(cache=False, nogil=True)(function))
 
 
 def feature_names(windows: tuple[float, ...] = DEFAULT_WINDOWS) -> list[str]:
@@ -105,7 +90,7 @@ _HEAD, _TAIL, _COUNT, _HOST_FREE, _PAIR_FREE, _SERVICE_FREE = range(6)
 _PAIRS, _SERVICES = 2, 5  # offsets of the per-host lists in host_links
 
 
-@_compiled
+@compiled
 def _unlink(links: I64, ends: I64, at: int, slot: int) -> None:
     """Take ``slot`` out of the list whose head and tail are ``ends[at:at + 2]``."""
     before, after = links[slot, 0], links[slot, 1]
@@ -121,7 +106,7 @@ def _unlink(links: I64, ends: I64, at: int, slot: int) -> None:
     links[slot, 1] = -1
 
 
-@_compiled
+@compiled
 def _append(links: I64, ends: I64, at: int, slot: int) -> None:
     """Put ``slot`` at the tail (most recently used end) of a list."""
     tail = ends[at + 1]
@@ -134,7 +119,7 @@ def _append(links: I64, ends: I64, at: int, slot: int) -> None:
     ends[at + 1] = slot
 
 
-@_compiled
+@compiled
 def _drop_oldest(
     table: Any, keys: I64, links: I64, free: I64, meta: I64, top: int, ends: I64, at: int
 ) -> None:
@@ -153,7 +138,7 @@ def _drop_oldest(
     meta[top] += 1
 
 
-@_compiled
+@compiled
 def _fold(
     ts: F64,
     src: I64,
@@ -341,7 +326,7 @@ def _fold(
     )
 
 
-@_compiled
+@compiled
 def _evict(
     horizon: float,
     max_keys: int,
