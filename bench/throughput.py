@@ -23,7 +23,11 @@ partitions, trains a small model once (cached in ``.bench/``), then measures:
     written, just before its acknowledgement) minus the input record's produce
     timestamp. The first second of load is left out (cold start).
 (f) peak RSS of each serve process: ``VmHWM`` from ``/proc/<pid>/status``,
-    read while it runs.
+    read while it runs; and the largest private (anonymous) part of its
+    resident set seen in the same reads (``RssAnon``, every 0.25 s). The
+    rest is file pages, mostly of shared libraries (torch's CUDA build
+    maps several hundred MiB of them); how many of those were resident
+    moved between 368 and 524 MiB across runs of the same code.
 (g) scoring alone: the autoencoder on a 5,000-row batch (the default
     micro-batch), one torch thread as serve uses, on CPU, and on CUDA when
     there is one.
@@ -42,6 +46,7 @@ and the machine, to ``docs/performance.md``. Nothing here asserts a time.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -121,6 +126,7 @@ class ServeRun:
     cpu_seconds: float
     stage_seconds: dict[str, float]
     peak_rss_bytes: int
+    peak_private_bytes: int
 
     @property
     def rate(self) -> float:
@@ -530,13 +536,15 @@ def run_serve(
     env: dict[str, str],
     log: Path,
     while_running: Callable[[], None] | None = None,
-) -> tuple[list[dict[str, Any]], int]:
-    """Run serve to its end; return its final_summary lines and its peak RSS.
+) -> tuple[list[dict[str, Any]], int, int]:
+    """Run serve to its end; return its final_summary lines, its peak RSS,
+    and the largest private (anonymous) resident set seen, over its processes.
 
     ``while_running`` is called once serve has been assigned partitions
     (it produces the load of a latency run).
     """
     peaks: dict[int, int] = {}
+    private: dict[int, int] = {}
     with log.open("wb") as err:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=err, stderr=err)
         try:
@@ -546,7 +554,9 @@ def run_serve(
             deadline = time.monotonic() + RUN_TIMEOUT_S
             while proc.poll() is None:
                 for pid in _process_tree(proc.pid):
-                    peaks[pid] = max(peaks.get(pid, 0), _peak_rss(pid))
+                    hwm, anon = _memory(pid)
+                    peaks[pid] = max(peaks.get(pid, 0), hwm)
+                    private[pid] = max(private.get(pid, 0), anon)
                 if time.monotonic() > deadline:
                     proc.kill()
                 time.sleep(0.25)
@@ -560,7 +570,7 @@ def run_serve(
     summaries = [json.loads(line) for line in text.splitlines() if '"final_summary"' in line]
     if not summaries:
         raise RuntimeError(f"serve logged no final_summary:\n{text[-3000:]}")
-    return summaries, max(peaks.values(), default=0)
+    return summaries, max(peaks.values(), default=0), max(private.values(), default=0)
 
 
 def _wait_for_line(log: Path, marker: bytes, proc: subprocess.Popen[bytes]) -> None:
@@ -591,15 +601,18 @@ def _process_tree(root: int) -> list[int]:
     return tree
 
 
-def _peak_rss(pid: int) -> int:
-    """A process's peak resident set (``VmHWM``), in bytes; 0 once it is gone."""
+def _memory(pid: int) -> tuple[int, int]:
+    """A process's peak resident set (``VmHWM``) and its private resident set
+    now (``RssAnon``), in bytes; zeros once it is gone."""
+    found = {"VmHWM:": 0, "RssAnon:": 0}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
+            key = line.split(None, 1)[0] if line else ""
+            if key in found:
+                found[key] = int(line.split()[1]) * 1024
     except OSError:
         pass
-    return 0
+    return found["VmHWM:"], found["RssAnon:"]
 
 
 def serve_run(
@@ -615,7 +628,7 @@ def serve_run(
     command = serve_command(bootstrap, topic, registry, client, workers, plan.idle_s)
     log = WORK / "logs" / f"serve-{client}-{workers}w-{uuid.uuid4().hex[:6]}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    summaries, peak = run_serve(command, serve_env(feedback), log)
+    summaries, peak, private = run_serve(command, serve_env(feedback), log)
     stages: dict[str, float] = {}
     for s in summaries:
         for stage, seconds in s.get("stage_seconds", {}).items():
@@ -629,6 +642,7 @@ def serve_run(
         cpu_seconds=sum(float(s["busy_cpu_seconds"]) for s in summaries),
         stage_seconds={k: round(v, 3) for k, v in stages.items()},
         peak_rss_bytes=peak,
+        peak_private_bytes=private,
     )
 
 
@@ -879,6 +893,11 @@ def _figures(runs: dict[str, list[Any]], scoring: dict[str, float]) -> dict[str,
             "two_workers": max(x["peak_rss_bytes"] for x in two),
             "confluent": max(x["peak_rss_bytes"] for x in cf),
         },
+        "peak_private_bytes_by_run": {
+            "kafka_python": max(x["peak_private_bytes"] for x in kp),
+            "two_workers": max(x["peak_private_bytes"] for x in two),
+            "confluent": max(x["peak_private_bytes"] for x in cf),
+        },
         "scoring_records_per_second": round(scoring["cpu"], 1),
         "scoring_records_per_second_cuda": round(scoring["cuda"], 1) if "cuda" in scoring else None,
         "stage_share_kafka_python": _shares(kp),
@@ -911,7 +930,24 @@ def machine() -> dict[str, Any]:
         "memory_gib": round(mem_kb / 2**20, 1),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
+        "libraries": library_versions(),
     }
+
+
+#: Distributions whose version moves the figures: torch's build sets most of
+#: a process's resident memory, the clients and numba its speed.
+MEASURED_LIBRARIES = ("torch", "numba", "numpy", "pandas", "kafka-python", "confluent-kafka")
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of :data:`MEASURED_LIBRARIES` (absent ones left out)."""
+    found = {}
+    for name in MEASURED_LIBRARIES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
 
 
 def commit() -> str:
@@ -929,6 +965,7 @@ def table(results: Results) -> list[tuple[str, str, str, str]]:
     """(figure, value, per CPU second, target) rows of the summary table."""
     f = results.figures
     rss = f["peak_rss_bytes_by_run"]
+    private = f["peak_private_bytes_by_run"]
     cuda = f["scoring_records_per_second_cuda"]
 
     def rate(key: str) -> str:
@@ -983,6 +1020,14 @@ def table(results: Results) -> list[tuple[str, str, str, str]]:
             f"{rss['confluent'] / 2**20:,.0f} MiB confluent",
             "",
             "< 1 GiB",
+        ),
+        (
+            "    of which private (not shared library pages)",
+            f"{private['kafka_python'] / 2**20:,.0f} MiB kafka-python, "
+            f"{private['two_workers'] / 2**20:,.0f} MiB per worker, "
+            f"{private['confluent'] / 2**20:,.0f} MiB confluent",
+            "",
+            "",
         ),
         (
             "(g) scoring alone, CPU, 1 thread",
@@ -1074,6 +1119,8 @@ def write_results(results: Results, plan: Plan, when: datetime) -> None:
         f"{m['usable_cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, "
         f"load average at the end {m['load_average']}; {results.records:,} records over "
         f"{results.partitions} partitions; medians of {results.rounds} rounds.",
+        "",
+        "Libraries: " + ", ".join(f"{k} {v}" for k, v in m["libraries"].items()) + ".",
         "",
         "| figure | value | per CPU second | target |",
         "|---|---|---|---|",
