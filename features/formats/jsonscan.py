@@ -7,12 +7,15 @@ the columns directly: numbers into a float64 matrix, text as byte spans of
 the batch's buffer that become one Python string per distinct value.
 
 It never guesses. The common case is: one flat object per value, field names
-and text in printable ASCII without escapes, numbers that the exact fast path
-converts (at most 18 significant digits; a float whose digits fit in 53 bits
-and whose decimal exponent is within ±22, where one multiplication or
-division by an exact power of ten rounds correctly). Anything else (an
-escape, a non-ASCII byte, a nested value, a duplicate or missing required
-field, a value of a type the field does not take, malformed JSON) makes
+and text in printable ASCII without escapes, integers of at most 18 digits,
+and floats between about 1e-300 and 1e300 in magnitude. Most floats are
+converted in the compiled code by the exact fast path (digits that fit in 53
+bits and a decimal exponent within ±22, where one multiplication or division
+by an exact power of ten rounds correctly); the others, such as a timestamp
+written with all 17 significant digits, are converted afterwards by Python's
+``float``, which rounds correctly too. Anything else (an escape, a non-ASCII
+byte, a nested value, a duplicate or missing required field, a value of a
+type the field does not take, malformed JSON) makes
 :meth:`FlatJsonScanner.scan` decline that record: its row is left empty and
 marked, and the caller decodes it the general way, which also names what is
 wrong with a bad record. Tests hold that whatever is accepted decodes to
@@ -149,6 +152,11 @@ class FlatJsonScanner:
         spans = np.full((n, len(self.text_names), 2), -1, dtype=np.int64)
         hashes = np.zeros((n, len(self.text_names)), dtype=np.uint64)
         declined = np.zeros(n, dtype=bool)
+        # (number slot, row, start, end) of floats the compiled code leaves to
+        # Python's correctly rounded conversion: per record at most one per
+        # number field, and one more for a duplicate key, which declines it.
+        deferred = np.empty((n * (len(self.number_names) + 1), 4), dtype=np.int64)
+        deferred_count = np.zeros(1, dtype=np.int64)
         _scan(
             buf,
             starts,
@@ -163,7 +171,14 @@ class FlatJsonScanner:
             spans,
             hashes,
             declined,
+            deferred,
+            deferred_count,
         )
+        if deferred_count[0]:
+            todo = deferred[: deferred_count[0]]
+            todo = todo[~declined[todo[:, 1]]]
+            exact = [float(joined[a:b]) for a, b in todo[:, 2:].tolist()]
+            numbers[todo[:, 0], todo[:, 1]] = exact
         codes = np.full((n, len(self.text_names)), -1, dtype=np.int64)
         first = np.empty((n, len(self.text_names)), dtype=np.int64)
         if _group(buf, spans, hashes, codes, first) < 0:
@@ -287,8 +302,10 @@ def _literal(buf: U8, pos: int, end: int, word: U8) -> int:
 @compiled
 def _number(buf: U8, pos: int, end: int) -> tuple[int, float, int]:
     """Parse a JSON number at ``pos``: (index after it, value, kind), where
-    kind is 1 for an integer, 2 for a float, 0 when it is malformed or outside
-    the exact fast path."""
+    kind is 1 for an integer, 2 for a float, 3 for a well-formed float
+    outside the exact fast path (its value is left to the caller), and 0 when
+    it is malformed, an integer of more than 18 digits, or a float beyond
+    about 1e±300."""
     negative = False
     if buf[pos] == 45:
         negative = True
@@ -298,6 +315,10 @@ def _number(buf: U8, pos: int, end: int) -> tuple[int, float, int]:
     mantissa = 0
     digits = 0
     exponent = 0
+    # Digits past the 18th are not added to the mantissa; ``dropped`` counts
+    # those of the integer part (each one a power of ten of magnitude).
+    dropped = 0
+    exact = True
     if buf[pos] == 48:
         pos += 1
         if pos < end and 48 <= buf[pos] <= 57:
@@ -305,9 +326,11 @@ def _number(buf: U8, pos: int, end: int) -> tuple[int, float, int]:
     else:
         while pos < end and 48 <= buf[pos] <= 57:
             if digits == 18:
-                return pos, 0.0, 0
-            mantissa = mantissa * 10 + (buf[pos] - 48)
-            digits += 1
+                exact = False
+                dropped += 1
+            else:
+                mantissa = mantissa * 10 + (buf[pos] - 48)
+                digits += 1
             pos += 1
     kind = 1
     if pos < end and buf[pos] == 46:
@@ -317,12 +340,13 @@ def _number(buf: U8, pos: int, end: int) -> tuple[int, float, int]:
             return pos, 0.0, 0
         while pos < end and 48 <= buf[pos] <= 57:
             d = buf[pos] - 48
-            if mantissa != 0 or d != 0:
-                if digits == 18:
-                    return pos, 0.0, 0
-                mantissa = mantissa * 10 + d
-                digits += 1
-            exponent -= 1
+            if digits == 18:
+                exact = False
+            else:
+                if mantissa != 0 or d != 0:
+                    mantissa = mantissa * 10 + d
+                    digits += 1
+                exponent -= 1
             pos += 1
     if pos < end and (buf[pos] == 101 or buf[pos] == 69):
         kind = 2
@@ -341,20 +365,27 @@ def _number(buf: U8, pos: int, end: int) -> tuple[int, float, int]:
             pos += 1
         exponent += sign * e
     if kind == 1:
+        if not exact:
+            return pos, 0.0, 0
         value = float(mantissa)
         # An integer -0 is 0; only a float keeps its sign at zero.
         return pos, (-value if negative and mantissa != 0 else value), 1
     if mantissa == 0:
-        value = 0.0
-    elif mantissa > _MAX_EXACT:
-        return pos, 0.0, 0
-    elif 0 <= exponent <= 22:
-        value = float(mantissa) * _POWERS[exponent]
-    elif -22 <= exponent < 0:
-        value = float(mantissa) / _POWERS[-exponent]
-    else:
-        return pos, 0.0, 0
-    return pos, (-value if negative else value), 2
+        return pos, (-0.0 if negative else 0.0), 2
+    if exact and mantissa <= _MAX_EXACT:
+        if 0 <= exponent <= 22:
+            value = float(mantissa) * _POWERS[exponent]
+            return pos, (-value if negative else value), 2
+        if -22 <= exponent < 0:
+            value = float(mantissa) / _POWERS[-exponent]
+            return pos, (-value if negative else value), 2
+    # The decimal exponent of the leading digit: far from the ends of the
+    # float range, the exact conversion is left to the caller; near them
+    # (where decoders may differ on overflow) the record is declined.
+    magnitude = digits + dropped + exponent
+    if -300 <= magnitude <= 300:
+        return pos, 0.0, 3
+    return pos, 0.0, 0
 
 
 @compiled
@@ -395,9 +426,12 @@ def _scan(
     spans: I64,
     hashes: U64,
     declined: npt.NDArray[np.bool_],
+    deferred: I64,
+    deferred_count: I64,
 ) -> int:
     """Fill ``numbers`` (field by row), ``spans`` and ``hashes`` for each record in the
     common case; mark the others in ``declined``, leaving their rows empty.
+    Floats outside the exact fast path go to ``deferred`` (see :func:`_record`).
     Returns how many were declined."""
     required = 0
     for f in range(flags.shape[0]):
@@ -420,6 +454,8 @@ def _scan(
             r,
             spans[r],
             hashes[r],
+            deferred,
+            deferred_count,
         )
         if not row_ok:
             declined[r] = True
@@ -445,9 +481,12 @@ def _record(
     row: int,
     spans: I64,
     hashes: U64,
+    deferred: I64,
+    deferred_count: I64,
 ) -> bool:
     """Scan one record into ``numbers[:, row]``, ``spans`` and ``hashes``
-    (its rows of those); False if it is not in the common case."""
+    (its rows of those), appending to ``deferred`` the (slot, row, start, end)
+    of each float left to the caller; False if it is not in the common case."""
     pos = _skip(buf, start, end)
     if pos >= end or buf[pos] != 123:  # {
         return False
@@ -495,15 +534,24 @@ def _record(
                 if pos < 0 or f >= 0:
                     return False
             elif c == 45 or 48 <= c <= 57:
+                number_a = pos
                 pos, value, kind = _number(buf, pos, end)
                 if kind == 0:
                     return False
                 if f >= 0:
                     if (kind == 1 and flags[f] & _INT == 0) or (
-                        kind == 2 and flags[f] & _FLOAT == 0
+                        kind >= 2 and flags[f] & _FLOAT == 0
                     ):
                         return False
-                    numbers[num_slot[f], row] = value
+                    if kind == 3:  # converted exactly by the caller
+                        k = deferred_count[0]
+                        deferred[k, 0] = num_slot[f]
+                        deferred[k, 1] = row
+                        deferred[k, 2] = number_a
+                        deferred[k, 3] = pos
+                        deferred_count[0] = k + 1
+                    else:
+                        numbers[num_slot[f], row] = value
             else:  # nested or malformed
                 return False
             if f >= 0:

@@ -81,8 +81,11 @@ DECLINED = [
     b'{"ts": -, "src_ip": "10.0.0.1", "dst_ip": "10.0.0.2", "proto": 6}',
     b'{"ts": 1e, "src_ip": "10.0.0.1", "dst_ip": "10.0.0.2", "proto": 6}',
     b'{"ts": 1e999, "src_ip": "10.0.0.1", "dst_ip": "10.0.0.2", "proto": 6}',
-    b'{"ts": 0.30000000000000004, "src_ip": "10.0.0.1", "dst_ip": "10.0.0.2", "proto": 6}',
+    b'{"ts": 1.8e308, "src_ip": "10.0.0.1", "dst_ip": "10.0.0.2", "proto": 6}',
+    b'{"ts": 1e-302, "src_ip": "10.0.0.1", "dst_ip": "10.0.0.2", "proto": 6}',
     b'{"ts": 12345678901234567890, "src_ip": "10.0.0.1", "dst_ip": "10.0.0.2", "proto": 6}',
+    b'{"ts": 0.30000000000000004, "ts": 0.1000000000000000055511151231257827, '
+    b'"src_ip": "10.0.0.1", "dst_ip": "10.0.0.2", "proto": 6}',
     b'{"ts": "2026-01-01T00:00:00Z", "src_ip": "10.0.0.1", "dst_ip": "10.0.0.2", "proto": 6}',
     b'{"ts": 1, "src_ip": "10.0.0.1", "dst_ip": "10.0.0.2", "proto": 6} {}',
     b'{"ts": 1, "src_ip": "10.0.0.1", "dst_ip": "10.0.0.2", "proto": 6,}',
@@ -119,19 +122,48 @@ ACCEPTED_NUMBERS = [
     b"1e22",
     b"4.9e-22",
     b"0.000001",
+    # Outside the exact fast path: converted by Python's float afterwards.
+    b"1767225600.3948236",
+    b"0.30000000000000004",
+    b"-0.1000000000000000055511151231257827",
+    b"123456789012345678901234.5",
+    b"9007199254740993.5",
+    b"1e23",
+    b"-4.9e-23",
+    b"1.7976931348623157e299",
+    b"2.2250738585072014e-299",
+    b"0.00000000000000000000000000000000000000000000000000000000012345678901234567",
 ]
 
 
 @pytest.mark.parametrize("number", ACCEPTED_NUMBERS)
-def test_numbers_on_the_fast_path_convert_exactly(number: bytes) -> None:
+def test_floats_convert_exactly_on_either_path(number: bytes) -> None:
     value = b'{"ts": ' + number + b', "src_ip": "10.0.0.1", "dst_ip": "10.0.0.2", "proto": 6}'
     scanned = nf._SCANNER.scan([value])
-    assert scanned is not None
-    if not scanned.declined[0]:
-        got = scanned.numbers["ts"][0]
-        want = float(msgspec.json.decode(number))
-        assert got == want and np.signbit(got) == np.signbit(want)
+    assert scanned is not None and not scanned.declined[0]
+    got = scanned.numbers["ts"][0]
+    want = float(msgspec.json.decode(number))
+    assert got == want and np.signbit(got) == np.signbit(want)
     _check([value])
+
+
+def test_declined_records_leave_no_deferred_floats_behind() -> None:
+    # Every float field as a float left to Python, then a duplicate key that
+    # declines the record: the most deferred floats a record can hold.
+    long = "0.30000000000000004"
+    floats = [f.name for f in nf._SCANNER.fields if f.floating]
+    assert "ts" in floats and len(floats) > 5
+    numbers = ", ".join(f'"{name}": {long}' for name in floats)
+    common = f'{numbers}, "src_ip": "a", "dst_ip": "b", "proto": 6'
+    bad = f'{{{common}, "ts": {long}}}'.encode()
+    good = f"{{{common}}}".encode()
+    values = [bad, good] * 500
+    scanned = nf._SCANNER.scan(values)
+    assert scanned is not None
+    assert scanned.declined.tolist() == [True, False] * 500
+    assert np.isnan(scanned.numbers["ts"][0::2]).all()
+    assert (scanned.numbers["ts"][1::2] == 0.30000000000000004).all()
+    _check(values)
 
 
 def test_a_hash_collision_is_caught_not_merged() -> None:
